@@ -1,0 +1,65 @@
+/*
+ * kernels.h - matrix kernels behind the linear layers and attention, with one table of function
+ * pointers per instruction set. zq_kernels_best() picks the table once from CPU features; every
+ * variant must equal the portable reference (exactly, for the int8 paths).
+ *
+ * Layouts: activations A [M][lda] row-major; weights W [N][ldw] row-major (one row per output
+ * feature); results C [M][ldc]. All kernels compute C[m][n] = sum_k A[m][k] * W[n][k].
+ */
+#ifndef ZQ_KERNELS_H
+#define ZQ_KERNELS_H
+
+#include "tensor.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const char *name; /* "ref", "avx2", "avx512vnni", "neon" */
+
+    /* int8 x int8 -> int32, exact. A and W values lie in [-127, 127]. */
+    void (*gemm_s8)(int M, int N, int K, const int8_t *A, size_t lda, const int8_t *W,
+                    size_t ldw, int32_t *C, size_t ldc);
+
+    /* f32 activations x f16 weights -> f32. */
+    void (*gemm_f16)(int M, int N, int K, const float *A, size_t lda, const uint16_t *W,
+                     size_t ldw, float *C, size_t ldc);
+
+    /* f32 x f32 -> f32. */
+    void (*gemm_f32)(int M, int N, int K, const float *A, size_t lda, const float *W,
+                     size_t ldw, float *C, size_t ldc);
+
+    /* Symmetric per-row quantization: q = round(x / scale), scale = max|x| / 127, q in
+     * [-127, 127]; an all-zero row gets scale 0 and q = 0. */
+    void (*quantize_row_s8)(const float *x, int K, int8_t *q, float *scale);
+
+    float (*dot_f32)(const float *a, const float *b, int n);
+    void (*axpy_f32)(float alpha, const float *x, float *y, int n); /* y += alpha * x */
+} zq_kernels;
+
+const zq_kernels *zq_kernels_ref(void);
+/* Returns the fastest table this CPU supports (cached after the first call). The environment
+ * variable ZQ_KERNELS=ref|avx2|... forces one, for tests and benchmarks. */
+const zq_kernels *zq_kernels_best(void);
+/* Returns the named table, or NULL if unknown or unsupported by this CPU. */
+const zq_kernels *zq_kernels_by_name(const char *name);
+
+/* Scratch for zq_linear: quantized activations of up to max_m rows of max_k columns. */
+typedef struct {
+    int8_t *q;     /* [max_m][max_k] */
+    float *scales; /* [max_m] */
+    int max_m;
+    int max_k;
+} zq_linear_scratch;
+
+zq_status zq_linear_scratch_init(zq_linear_scratch *s, int max_m, int max_k);
+void zq_linear_scratch_free(zq_linear_scratch *s);
+
+/* y [M][w->rows] = x [M][w->cols] · W^T + bias (bias may be NULL), for any weight type. Q8
+ * weights quantize x per row (W8A8) with int32 accumulation, then scale by row (or group)
+ * scale times the token's scale. Runs on n_threads OpenMP threads split over output rows; the
+ * result does not depend on n_threads. Allocates nothing. */
+void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const float *x, int M,
+               float *y, zq_linear_scratch *s, int n_threads);
+
+#endif /* ZQ_KERNELS_H */

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Installs the Debian packages that ZQ builds and tests with, but only those that are missing,
+# so repeated `make` runs cost one dpkg query each. Pass --bench to add the benchmark peers.
+set -eu
+
+PACKAGES="gcc make pkg-config libzstd-dev libcjson-dev libzip-dev libutf8proc-dev libdnnl-dev
+libmicrohttpd-dev libhiredis-dev redis-server nginx-light curl"
+BENCH_PACKAGES="python3 python3-torch python3-numpy python3-matplotlib libopenblas0-pthread wrk"
+
+if [ "${1:-}" = "--bench" ]; then
+    PACKAGES="$PACKAGES $BENCH_PACKAGES"
+fi
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+echo "setup-deps: installing:$missing" >&2
+if [ "$(id -u)" != 0 ]; then
+    echo "setup-deps: error: root is needed to install packages; run: sudo apt-get install$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >&2
