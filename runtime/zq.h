@@ -179,6 +179,12 @@ int zq_context_size(const zq_context *ctx); /* n_ctx of this context */
 void zq_context_truncate(zq_context *ctx, int pos);
 void zq_context_set_threads(zq_context *ctx, int n_threads);
 
+/* Called after each transformer block (layer 0..n_layer-1) and after the final layer norm
+ * (layer == n_layer) with the hidden states x [n][n_embd] of the n tokens being evaluated.
+ * Used to compare layers between models; NULL turns it off. */
+typedef void (*zq_layer_fn)(int layer, const float *x, int n, int n_embd, void *user);
+void zq_context_set_layer_callback(zq_context *ctx, zq_layer_fn fn, void *user);
+
 /* Decodes one token for each of n contexts as one batched matrix product. Each context's
  * logits are updated as by zq_context_eval. All contexts must share a model; the first
  * context's thread count is used. ZQ_ERR_CONTEXT_FULL if any context is full (none changes). */
@@ -218,8 +224,10 @@ int32_t zq_sampler_sample(zq_sampler *sampler, float *logits, const int32_t *his
  * [CLS] user [SEP] reply [SEP] user [SEP] ... ; the reply is generated until [SEP]. */
 typedef struct zq_chat zq_chat;
 
+#define ZQ_CHAT_MAX_EXCHANGES 64
+
 typedef struct {
-    int max_exchanges;  /* user+reply pairs of history kept; default 3 */
+    int max_exchanges;  /* user+reply pairs of history kept, 0..ZQ_CHAT_MAX_EXCHANGES; default 3 */
     int max_new_tokens; /* reply length cap; default 64 */
     int n_threads;      /* 0 = physical cores */
     zq_sampler_params sampling;
@@ -250,6 +258,10 @@ int zq_chat_exchanges(const zq_chat *chat); /* exchanges currently kept */
 zq_status zq_chat_build_prompt(const zq_model *model, const char *const *turns, int n_turns,
                                int n_ctx, int reserve, int32_t *ids, int cap, int *n_out,
                                int *n_dropped);
+
+/* Sets to -INFINITY the logits of the special tokens a reply must not contain ([PAD], [UNK],
+ * [CLS], [MASK]), leaving [SEP], which ends the reply. */
+void zq_chat_mask_logits(const zq_model *model, float *logits);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,132 @@
+/*
+ * cmd_chat.c - `zq chat`: an interactive chat loop. Each input line is one user turn, so it
+ * works the same on a terminal and with piped input; replies stream to stdout, one per line.
+ */
+#include "commands.h"
+#include "common.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CMD "chat"
+
+static void help(void)
+{
+    printf("usage: zq chat [-m MODEL.zq] [options]\n\n"
+           "Reads one user turn per line from standard input and prints each reply on its own\n"
+           "line. The last exchanges are kept as context; the oldest are dropped when the\n"
+           "context window would overflow. Commands: /reset clears the history, /quit exits.\n\n"
+           "options:\n"
+           "  -m, --model FILE         the .zq model (default: the embedded zh-chat-tiny)\n"
+           "  --history N              exchanges kept as context, 0..%d (default 3)\n" CLI_GEN_HELP
+           "  -v, --verbose            more log output on stderr (repeatable); -v logs each\n"
+           "                           turn's prompt size and history\n"
+           "  -h, --help               show this help\n",
+           ZQ_CHAT_MAX_EXCHANGES);
+}
+
+static bool print_piece(const char *piece, size_t len, void *user)
+{
+    fwrite(piece, 1, len, stdout);
+    fflush(stdout);
+    return true;
+}
+
+/* Strips the line ending and surrounding ASCII whitespace in place. */
+static char *trim(char *line)
+{
+    size_t n = strlen(line);
+    while (n > 0 && strchr(" \t\r\n", line[n - 1]))
+        line[--n] = '\0';
+    while (*line == ' ' || *line == '\t')
+        line++;
+    return line;
+}
+
+static int chat_loop(zq_chat *chat, int verbosity)
+{
+    const bool interactive = isatty(STDIN_FILENO);
+    char *line = NULL;
+    size_t cap = 0;
+    int turn = 0;
+    int rc = ZQ_EXIT_OK;
+    for (;;) {
+        if (interactive)
+            fputs("> ", stderr);
+        if (getline(&line, &cap, stdin) < 0)
+            break;
+        char *text = trim(line);
+        if (!*text)
+            continue;
+        if (!strcmp(text, "/quit") || !strcmp(text, "/exit"))
+            break;
+        if (!strcmp(text, "/reset")) {
+            zq_chat_reset(chat);
+            if (verbosity > 0)
+                fprintf(stderr, "zq chat: history cleared\n");
+            continue;
+        }
+        const zq_status st = zq_chat_reply(chat, text, print_piece, NULL, NULL, 0);
+        putchar('\n');
+        fflush(stdout);
+        if (st != ZQ_OK) {
+            cli_error_status(CMD, st);
+            rc = ZQ_EXIT_FAIL;
+            continue; /* one bad turn (e.g. too long) does not end the session */
+        }
+        if (verbosity > 0)
+            fprintf(stderr, "zq chat: turn %d: history %d exchanges\n", ++turn,
+                    zq_chat_exchanges(chat));
+    }
+    free(line);
+    return rc;
+}
+
+int zq_cmd_chat(int argc, char **argv)
+{
+    static const struct option longs[] = {
+        {"model", required_argument, 0, 'm'},
+        {"history", required_argument, 0, CLI_OPT_HISTORY},
+        {"verbose", no_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},
+        CLI_GEN_LONG_OPTIONS,
+        {0, 0, 0, 0},
+    };
+    zq_chat_params params;
+    zq_chat_params_default(&params);
+    const char *model_path = NULL;
+    int verbosity = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:vh", longs, NULL)) != -1) {
+        if (c == 'm')
+            model_path = optarg;
+        else if (c == 'v')
+            verbosity++;
+        else if (c == 'h')
+            return help(), ZQ_EXIT_OK;
+        else if (cli_gen_option(CMD, c, optarg, &params) != 1)
+            return ZQ_EXIT_USAGE;
+    }
+    if (optind != argc) {
+        cli_error(CMD, "unexpected argument '%s'; run 'zq chat --help'", argv[optind]);
+        return ZQ_EXIT_USAGE;
+    }
+    cli_set_verbosity(verbosity);
+
+    zq_model *model = cli_load_model(CMD, cli_model_path(model_path), params.n_threads);
+    if (!model)
+        return ZQ_EXIT_FAIL;
+    zq_chat *chat = NULL;
+    const zq_status st = zq_chat_create(model, &params, &chat);
+    int rc = ZQ_EXIT_FAIL;
+    if (st == ZQ_OK)
+        rc = chat_loop(chat, verbosity);
+    else
+        cli_error_status(CMD, st);
+    zq_chat_free(chat);
+    zq_model_free(model);
+    return rc;
+}

@@ -1,0 +1,378 @@
+/*
+ * quantize.c - converts a Hugging Face GPT-2 folder into a .zq file: reads the checkpoint,
+ * extends the vocabulary with added tokens, converts each tensor to its stored type and layout,
+ * measures the error, and writes the file atomically.
+ */
+#include "quantize.h"
+
+#include "../formats/hf.h"
+#include "../formats/zqfile.h"
+#include "../runtime/internal.h"
+
+#include <fnmatch.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void zq_quantize_params_default(zq_quantize_params *params)
+{
+    memset(params, 0, sizeof *params);
+    params->type = ZQ_TYPE_Q8;
+    params->zstd_level = 10;
+}
+
+void zq_quantize_q8(const float *w, int rows, int cols, int group, int8_t *q, float *scales)
+{
+    const int glen = group ? group : cols;
+    const int groups = cols / glen;
+    for (int r = 0; r < rows; r++) {
+        for (int g = 0; g < groups; g++) {
+            const float *src = w + (size_t)r * cols + (size_t)g * glen;
+            int8_t *dst = q + (size_t)r * cols + (size_t)g * glen;
+            float max = 0;
+            for (int i = 0; i < glen; i++)
+                max = fabsf(src[i]) > max ? fabsf(src[i]) : max;
+            const float scale = max / 127.0f;
+            const float inv = scale > 0 ? 1.0f / scale : 0;
+            for (int i = 0; i < glen; i++) {
+                /* |src| <= max, so the rounded value is within [-127, 127]; -128 never occurs. */
+                long v = lroundf(src[i] * inv);
+                dst[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+            }
+            scales[(size_t)r * groups + g] = scale;
+        }
+    }
+}
+
+/* The conversion job of one stored tensor. */
+typedef struct {
+    char name[96];
+    const zq_hf_tensor *src;
+    bool transpose;    /* Conv1D [in][out] -> [out][in] */
+    int extra_rows;    /* rows appended for added tokens, filled with the mean row */
+    bool large;        /* a matrix that takes the requested type */
+} job;
+
+/* Returns the f32 source of a job as [rows][cols] in stored layout (malloc'd). */
+static float *stored_layout(const job *j, int *rows, int *cols)
+{
+    const zq_hf_tensor *t = j->src;
+    const int r0 = t->ndim == 2 ? (int)t->shape[0] : 1;
+    const int c0 = t->ndim == 2 ? (int)t->shape[1] : (int)t->shape[0];
+    *rows = (j->transpose ? c0 : r0) + j->extra_rows;
+    *cols = j->transpose ? r0 : c0;
+    float *out = malloc((size_t)*rows * (size_t)*cols * sizeof(float));
+    if (!out)
+        return NULL;
+    if (j->transpose) {
+        for (int i = 0; i < r0; i++)
+            for (int k = 0; k < c0; k++)
+                out[(size_t)k * r0 + i] = t->data[(size_t)i * c0 + k];
+    } else {
+        memcpy(out, t->data, (size_t)r0 * c0 * sizeof(float));
+    }
+    /* New token rows start at the mean of the trained rows, so their logits are ordinary
+     * rather than extreme until the model is fine-tuned. */
+    const int base = *rows - j->extra_rows;
+    for (int r = base; r < *rows; r++) {
+        float *row = out + (size_t)r * *cols;
+        for (int k = 0; k < *cols; k++) {
+            double sum = 0;
+            for (int i = 0; i < base; i++)
+                sum += out[(size_t)i * *cols + k];
+            row[k] = (float)(sum / base);
+        }
+    }
+    return out;
+}
+
+static zq_type job_type(const job *j, const zq_quantize_params *p)
+{
+    if (!j->large)
+        return ZQ_TYPE_F32;
+    for (int i = 0; i < p->n_keep_f16; i++)
+        if (fnmatch(p->keep_f16[i], j->name, 0) == 0)
+            return p->type == ZQ_TYPE_F32 ? ZQ_TYPE_F32 : ZQ_TYPE_F16;
+    return p->type;
+}
+
+static void measure(const float *w, const zq_file_tensor *t, zq_quant_stat *stat)
+{
+    const size_t n = (size_t)t->rows * t->cols;
+    const int glen = t->group ? t->group : t->cols;
+    const int groups = t->cols / glen;
+    double err2 = 0, ref2 = 0, max_abs = 0;
+    for (size_t i = 0; i < n; i++) {
+        double deq = w[i];
+        if (t->type == ZQ_TYPE_F16) {
+            deq = zq_f16_to_f32(((const uint16_t *)t->data)[i]);
+        } else if (t->type == ZQ_TYPE_Q8) {
+            const size_t r = i / t->cols, c = i % t->cols;
+            deq = ((const int8_t *)t->data)[i] * (double)t->scales[r * groups + c / glen];
+        }
+        const double e = fabs(deq - w[i]);
+        err2 += e * e;
+        ref2 += (double)w[i] * w[i];
+        max_abs = e > max_abs ? e : max_abs;
+    }
+    snprintf(stat->name, sizeof stat->name, "%s", t->name);
+    stat->type = t->type;
+    stat->rows = t->rows;
+    stat->cols = t->cols;
+    stat->rel_rms = ref2 > 0 ? sqrt(err2 / ref2) : 0;
+    stat->max_abs = max_abs;
+}
+
+/* Converts one job into t (data malloc'd) and fills its error statistics. */
+static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tensor *t,
+                         zq_quant_stat *stat)
+{
+    int rows, cols;
+    float *w = stored_layout(j, &rows, &cols);
+    if (!w)
+        return zq_fail(ZQ_ERR_NOMEM, "out of memory converting '%s'", j->name);
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", j->name);
+    t->type = job_type(j, p);
+    t->rows = rows;
+    t->cols = cols;
+    const size_t n = (size_t)rows * cols;
+
+    zq_status st = ZQ_OK;
+    if (t->type == ZQ_TYPE_Q8) {
+        t->group = p->group && cols % p->group == 0 ? p->group : 0;
+        const int groups = t->group ? cols / t->group : 1;
+        t->data = malloc(n);
+        t->scales = malloc((size_t)rows * groups * sizeof(float));
+        if (t->data && t->scales)
+            zq_quantize_q8(w, rows, cols, t->group, t->data, t->scales);
+    } else if (t->type == ZQ_TYPE_F16) {
+        uint16_t *h = malloc(n * sizeof(uint16_t));
+        for (size_t i = 0; h && i < n; i++)
+            h[i] = zq_f32_to_f16(w[i]);
+        t->data = h;
+    } else {
+        t->data = w;
+        w = NULL;
+    }
+    if (!t->data || (t->type == ZQ_TYPE_Q8 && !t->scales))
+        st = zq_fail(ZQ_ERR_NOMEM, "out of memory converting '%s'", j->name);
+    else
+        measure(w ? w : t->data, t, stat);
+    free(w);
+    return st;
+}
+
+static void add_job(job *jobs, int *n, const zq_hf_model *hf, const char *name, bool transpose,
+                    bool large, int extra_rows)
+{
+    job *j = &jobs[(*n)++];
+    memset(j, 0, sizeof *j);
+    snprintf(j->name, sizeof j->name, "%s", name);
+    j->src = zq_hf_find(hf, name);
+    j->transpose = transpose;
+    j->large = large;
+    j->extra_rows = extra_rows;
+}
+
+/* Lists the tensors in file order; zq_hf_load has checked that they exist. */
+static int plan_jobs(const zq_hf_model *hf, int extra_rows, job *jobs)
+{
+    static const struct {
+        const char *suffix;
+        bool matrix;
+    } per_layer[] = {
+        {"ln_1.weight", false},        {"ln_1.bias", false},       {"attn.c_attn.weight", true},
+        {"attn.c_attn.bias", false},   {"attn.c_proj.weight", true}, {"attn.c_proj.bias", false},
+        {"ln_2.weight", false},        {"ln_2.bias", false},       {"mlp.c_fc.weight", true},
+        {"mlp.c_fc.bias", false},      {"mlp.c_proj.weight", true}, {"mlp.c_proj.bias", false},
+    };
+    int n = 0;
+    add_job(jobs, &n, hf, "wte.weight", false, true, extra_rows);
+    add_job(jobs, &n, hf, "wpe.weight", false, false, 0);
+    for (int l = 0; l < hf->hparams.n_layer; l++) {
+        for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "h.%d.%s", l, per_layer[i].suffix);
+            add_job(jobs, &n, hf, name, per_layer[i].matrix, per_layer[i].matrix, 0);
+        }
+    }
+    add_job(jobs, &n, hf, "ln_f.weight", false, false, 0);
+    add_job(jobs, &n, hf, "ln_f.bias", false, false, 0);
+    if (!hf->lm_head_tied && zq_hf_find(hf, "lm_head.weight"))
+        add_job(jobs, &n, hf, "lm_head.weight", false, true, extra_rows);
+    return n;
+}
+
+static bool in_list(char *const *list, int n, const char *s)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* Collects the checkpoint's added tokens and the requested ones, skipping duplicates and tokens
+ * that vocab.txt already has (as transformers' add_tokens does). The strings are borrowed. */
+static zq_status merge_added(const zq_hf_model *hf, const zq_quantize_params *p, char ***out,
+                             int *n_out)
+{
+    const int cap = hf->n_added + p->n_added;
+    char **added = calloc((size_t)cap + 1, sizeof(char *));
+    if (!added)
+        return zq_fail(ZQ_ERR_NOMEM, "out of memory");
+    int n = 0;
+    for (int i = 0; i < cap; i++) {
+        char *tok = i < hf->n_added ? hf->added[i] : (char *)p->added_tokens[i - hf->n_added];
+        if (!tok[0]) {
+            free(added);
+            return zq_fail(ZQ_ERR_INVALID_ARG, "an added token is empty");
+        }
+        if (!in_list(added, n, tok) && !in_list(hf->vocab, hf->n_vocab_lines, tok))
+            added[n++] = tok;
+    }
+    *out = added;
+    *n_out = n;
+    return ZQ_OK;
+}
+
+static void describe(zq_file *f, const zq_hf_model *hf, const char *dir,
+                     const zq_quantize_params *p)
+{
+    char copy[256];
+    snprintf(copy, sizeof copy, "%s", dir);
+    size_t len = strlen(copy);
+    while (len > 1 && copy[len - 1] == '/')
+        copy[--len] = '\0';
+    snprintf(f->name, sizeof f->name, "%s", basename(copy));
+    snprintf(f->tool, sizeof f->tool, "zq quantize %s", ZQ_VERSION_STRING);
+    snprintf(f->source, sizeof f->source, "%s", dir);
+    snprintf(f->source_format, sizeof f->source_format, "%s", hf->source_format);
+    snprintf(f->tokenizer_kind, sizeof f->tokenizer_kind, "wordpiece");
+    if (p->type == ZQ_TYPE_Q8 && p->group)
+        snprintf(f->quant_desc, sizeof f->quant_desc, "int8 weights, scales per %d inputs",
+                 p->group);
+    else if (p->type == ZQ_TYPE_Q8)
+        snprintf(f->quant_desc, sizeof f->quant_desc, "int8 weights, one scale per row");
+    else
+        snprintf(f->quant_desc, sizeof f->quant_desc, "%s weights", zq_type_name(p->type));
+    if (p->n_keep_f16 > 0) {
+        len = strlen(f->quant_desc);
+        snprintf(f->quant_desc + len, sizeof f->quant_desc - len, "; f16 for %s%s",
+                 p->keep_f16[0], p->n_keep_f16 > 1 ? ", ..." : "");
+    }
+}
+
+static zq_status check_params(const zq_quantize_params *p)
+{
+    if (p->type != ZQ_TYPE_F32 && p->type != ZQ_TYPE_F16 && p->type != ZQ_TYPE_Q8)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "unknown weight type %d", (int)p->type);
+    if (p->group < 0 || (p->group && p->group % 4 != 0))
+        return zq_fail(ZQ_ERR_INVALID_ARG, "scale group %d must be a positive multiple of 4",
+                       p->group);
+    if (p->zstd_level < 1 || p->zstd_level > 22)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zstd level %d is outside 1..22", p->zstd_level);
+    return ZQ_OK;
+}
+
+static zq_status convert_all(const job *jobs, int n_jobs, const zq_quantize_params *p,
+                             zq_file *f, zq_quant_report *report)
+{
+    zq_status st = ZQ_OK;
+    int done = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(zq_resolve_threads(p->n_threads))
+    for (int i = 0; i < n_jobs; i++) {
+        zq_status s = convert(&jobs[i], p, &f->tensors[i], &report->stats[i]);
+#pragma omp critical
+        {
+            if (s != ZQ_OK && st == ZQ_OK)
+                st = s;
+            done++;
+            if (p->progress)
+                p->progress(done, n_jobs, jobs[i].name, p->progress_user);
+        }
+    }
+    for (int i = 0; i < n_jobs; i++)
+        report->params_total += (long long)f->tensors[i].rows * f->tensors[i].cols;
+    return st;
+}
+
+static void free_tensors(zq_file *f)
+{
+    for (int i = 0; f->tensors && i < f->n_tensors; i++) {
+        free(f->tensors[i].data);
+        free(f->tensors[i].scales);
+    }
+    free(f->tensors);
+}
+
+zq_status zq_quantize_model(const char *model_dir, const char *out_path,
+                            const zq_quantize_params *params, zq_quant_report *report)
+{
+    memset(report, 0, sizeof *report);
+    ZQ_TRY(check_params(params));
+    zq_hf_model hf;
+    ZQ_TRY(zq_hf_load(model_dir, &hf));
+
+    zq_file f;
+    memset(&f, 0, sizeof f);
+    char **added = NULL;
+    int n_added = 0;
+    job *jobs = NULL;
+    zq_status st = merge_added(&hf, params, &added, &n_added);
+    if (st != ZQ_OK)
+        goto done;
+
+    const int needed = hf.n_vocab_lines + n_added;
+    const int extra = needed > hf.hparams.n_vocab ? needed - hf.hparams.n_vocab : 0;
+    f.hparams = hf.hparams;
+    f.hparams.n_vocab += extra;
+    f.vocab = hf.vocab;
+    f.n_vocab_base = hf.n_vocab_lines;
+    f.added = added;
+    f.n_added = n_added;
+    f.lower_case = hf.lower_case;
+    describe(&f, &hf, model_dir, params);
+    snprintf(report->source_format, sizeof report->source_format, "%s", hf.source_format);
+
+    const int max_jobs = 5 + 12 * hf.hparams.n_layer;
+    jobs = calloc((size_t)max_jobs, sizeof(job));
+    if (!jobs) {
+        st = zq_fail(ZQ_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    f.n_tensors = plan_jobs(&hf, extra, jobs);
+    f.tensors = calloc((size_t)f.n_tensors, sizeof(zq_file_tensor));
+    report->stats = calloc((size_t)f.n_tensors, sizeof(zq_quant_stat));
+    report->n_stats = f.n_tensors;
+    if (!f.tensors || !report->stats) {
+        st = zq_fail(ZQ_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    st = convert_all(jobs, f.n_tensors, params, &f, report);
+    if (st == ZQ_OK)
+        st = zq_file_write(out_path, &f, params->zstd_level,
+                           zq_resolve_threads(params->n_threads));
+    if (st == ZQ_OK) {
+        struct stat sb;
+        report->bytes_out = stat(out_path, &sb) == 0 ? (long long)sb.st_size : 0;
+    }
+
+done:
+    free_tensors(&f);
+    free(added);
+    free(jobs);
+    zq_hf_free(&hf);
+    if (st != ZQ_OK)
+        zq_quant_report_free(report);
+    return st;
+}
+
+void zq_quant_report_free(zq_quant_report *report)
+{
+    free(report->stats);
+    memset(report, 0, sizeof *report);
+}

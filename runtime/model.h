@@ -1,0 +1,105 @@
+/*
+ * model.h - the in-memory GPT-2 model, the KV cache and the forward pass (internal).
+ *
+ * Tensor naming and layout inside a .zq file (written by quantize/, read by model_load.c):
+ * Hugging Face names without the "transformer." prefix. Matrices are stored [out][in], so the
+ * Conv1D weights of a checkpoint ([in][out]) are transposed by the quantizer:
+ *   wte.weight              [n_vocab][n_embd]   f32 | f16 | int8   (also the tied output head)
+ *   wpe.weight              [n_ctx][n_embd]     f32
+ *   h.L.ln_1.weight/bias    [n_embd]            f32
+ *   h.L.attn.c_attn.weight  [3*n_embd][n_embd]  f32 | f16 | int8, bias [3*n_embd] f32
+ *   h.L.attn.c_proj.weight  [n_embd][n_embd]    ...,              bias [n_embd] f32
+ *   h.L.ln_2.weight/bias    [n_embd]            f32
+ *   h.L.mlp.c_fc.weight     [n_inner][n_embd]   ...,              bias [n_inner] f32
+ *   h.L.mlp.c_proj.weight   [n_embd][n_inner]   ...,              bias [n_embd] f32
+ *   ln_f.weight/bias        [n_embd]            f32
+ *   lm_head.weight          [n_vocab][n_embd]   optional, only when not tied to wte
+ */
+#ifndef ZQ_MODEL_H
+#define ZQ_MODEL_H
+
+#include "../formats/zqfile.h"
+#include "kernels.h"
+#include "tokenizer.h"
+#include "zq.h"
+
+typedef struct {
+    const float *ln1_g, *ln1_b; /* [n_embd] */
+    zq_weight attn;             /* [3 n_embd][n_embd] */
+    const float *attn_b;        /* [3 n_embd] */
+    zq_weight proj;             /* [n_embd][n_embd] */
+    const float *proj_b;        /* [n_embd] */
+    const float *ln2_g, *ln2_b; /* [n_embd] */
+    zq_weight fc;               /* [n_inner][n_embd] */
+    const float *fc_b;          /* [n_inner] */
+    zq_weight fc2;              /* [n_embd][n_inner] */
+    const float *fc2_b;         /* [n_embd] */
+} zq_layer;
+
+struct zq_model {
+    zq_hparams hp;
+    zq_type type;
+    zq_file file; /* owns every tensor's memory */
+    zq_tokenizer *tok;
+    zq_special_tokens special;
+    zq_weight wte;       /* [n_vocab][n_embd] token embedding */
+    zq_weight head;      /* [n_vocab][n_embd] output head: wte when tied */
+    const float *wpe;    /* [n_ctx][n_embd] */
+    zq_layer *layers;    /* [n_layer] */
+    const float *lnf_g;  /* [n_embd] */
+    const float *lnf_b;  /* [n_embd] */
+    const zq_kernels *kernels;
+    double load_seconds;
+    char desc[192];
+};
+
+/* KV cache of one sequence: per layer, keys and values [cap][n_embd], grown on demand up to
+ * max positions so memory follows the context actually used. */
+typedef struct {
+    float **k; /* [n_layer] */
+    float **v; /* [n_layer] */
+    int cap;
+    int max;
+    int n_layer;
+    int n_embd;
+} zq_kv;
+
+zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions);
+zq_status zq_kv_reserve(zq_kv *kv, int positions);
+void zq_kv_free(zq_kv *kv);
+
+/* Activations for up to max_rows tokens per forward call. */
+typedef struct {
+    int max_rows;
+    float *x;      /* [rows][n_embd] residual stream */
+    float *h;      /* [rows][n_embd] layer-norm output */
+    float *qkv;    /* [rows][3 n_embd] */
+    float *att;    /* [rows][n_embd] attention output */
+    float *mlp;    /* [rows][n_inner] */
+    float *scores; /* [threads][n_ctx] attention weights */
+    int score_threads;
+    float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
+    float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
+    zq_linear_scratch lin;
+} zq_workspace;
+
+#define ZQ_HEAD_ROWS 16
+
+zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);
+void zq_workspace_free(zq_workspace *ws);
+
+/* One forward call over n token rows. Row i is token ids[i] at position pos[i] of the sequence
+ * whose cache is kvs[i] (rows of one sequence must be in position order; different rows may
+ * belong to different sequences). Each row's k/v is written to its cache. When logits[i] is not
+ * NULL it receives that row's [n_vocab] logits. n <= ws->max_rows, and each cache must already
+ * hold room (zq_kv_reserve) for its positions. */
+typedef struct {
+    zq_layer_fn layer_fn;
+    void *layer_user;
+} zq_forward_hooks;
+
+void zq_forward(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos,
+                const int32_t *ids, int n, float *const *logits, int n_threads,
+                const zq_forward_hooks *hooks);
+
+#endif /* ZQ_MODEL_H */
