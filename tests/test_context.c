@@ -1,0 +1,249 @@
+/*
+ * test_context.c - inference contexts: chunked prompts, batched decoding, thread counts, the
+ * context limit, and chat history handling, on the embedded zh-chat-tiny model in int8.
+ */
+#include "../quantize/quantize.h"
+#include "../runtime/zq.h"
+#include "support/check.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static zq_model *model;
+static int vocab;
+
+static zq_model *load_model(zq_type type)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/zh-%s.zq", zq_test_tmpdir(), zq_type_name(type));
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    qp.type = type;
+    qp.zstd_level = 1;
+    zq_quant_report report;
+    if (zq_quantize_model("models/zh-chat-tiny", out, &qp, &report) != ZQ_OK) {
+        fprintf(stderr, "quantize: %s\n", zq_last_error());
+        return NULL;
+    }
+    zq_quant_report_free(&report);
+    zq_model *m = NULL;
+    if (zq_model_load(out, NULL, &m) != ZQ_OK)
+        fprintf(stderr, "load: %s\n", zq_last_error());
+    return m;
+}
+
+static zq_context *new_context(int threads, int n_batch)
+{
+    zq_context *ctx = NULL;
+    const zq_context_params p = {.n_threads = threads, .n_batch = n_batch};
+    CHECK(zq_context_create(model, &p, &ctx) == ZQ_OK, "%s", zq_last_error());
+    return ctx;
+}
+
+static const int32_t prompt[] = {2, 136, 149, 73, 605, 764, 75, 3, 134, 141, 146, 142, 201};
+#define PROMPT_LEN ((int)(sizeof prompt / sizeof prompt[0]))
+
+/* Logits of the prompt's last token, evaluated in chunks of n_batch on threads threads. */
+static float *last_logits(int threads, int n_batch, bool one_by_one)
+{
+    zq_context *ctx = new_context(threads, n_batch);
+    if (one_by_one)
+        for (int i = 0; i < PROMPT_LEN; i++)
+            zq_context_eval(ctx, &prompt[i], 1, NULL);
+    else
+        CHECK(zq_context_eval(ctx, prompt, PROMPT_LEN, NULL) == ZQ_OK, "%s", zq_last_error());
+    float *out = malloc((size_t)vocab * sizeof(float));
+    memcpy(out, zq_context_logits(ctx), (size_t)vocab * sizeof(float));
+    zq_context_free(ctx);
+    return out;
+}
+
+static double max_diff(const float *a, const float *b)
+{
+    double worst = 0;
+    for (int i = 0; i < vocab; i++)
+        worst = fabs(a[i] - b[i]) > worst ? fabs(a[i] - b[i]) : worst;
+    return worst;
+}
+
+static void threads_give_identical_logits(void)
+{
+    float *one = last_logits(1, 0, false);
+    float *two = last_logits(2, 0, false);
+    CHECK(memcmp(one, two, (size_t)vocab * sizeof(float)) == 0, "max diff %g",
+          max_diff(one, two));
+    free(one);
+    free(two);
+}
+
+static void chunked_prompt_matches_whole(void)
+{
+    /* Prefill rows and decode rows take different kernel paths (M > 1 vs M = 1), so equality is
+     * within float rounding, not bitwise. */
+    float *whole = last_logits(2, 0, false);
+    float *chunked = last_logits(2, 4, false);
+    float *single = last_logits(2, 0, true);
+    CHECK(max_diff(whole, chunked) < 1e-4, "chunked differs by %g", max_diff(whole, chunked));
+    CHECK(max_diff(whole, single) < 1e-4, "token by token differs by %g",
+          max_diff(whole, single));
+    free(whole);
+    free(chunked);
+    free(single);
+}
+
+static void batched_decode_matches_single(void)
+{
+    enum { SEQS = 5 };
+    zq_context *ctxs[SEQS];
+    int32_t next[SEQS];
+    for (int s = 0; s < SEQS; s++) {
+        ctxs[s] = new_context(2, 0);
+        /* Sequences of different lengths: prompt prefixes of 3..7 tokens. */
+        zq_context_eval(ctxs[s], prompt, 3 + s, NULL);
+        next[s] = prompt[3 + s];
+    }
+    CHECK(zq_decode_batch(ctxs, next, SEQS) == ZQ_OK, "%s", zq_last_error());
+    for (int s = 0; s < SEQS; s++) {
+        zq_context *alone = new_context(2, 0);
+        zq_context_eval(alone, prompt, 3 + s, NULL);
+        zq_context_eval(alone, &next[s], 1, NULL);
+        const double d = max_diff(zq_context_logits(alone), zq_context_logits(ctxs[s]));
+        CHECK(d < 1e-4, "sequence %d: batched logits differ by %g", s, d);
+        CHECK_EQ_INT(zq_context_pos(ctxs[s]), 4 + s);
+        zq_context_free(alone);
+        zq_context_free(ctxs[s]);
+    }
+}
+
+static void context_limit_is_reported(void)
+{
+    zq_context *ctx = NULL;
+    CHECK(zq_context_create(model, &(zq_context_params){.n_ctx = 8}, &ctx) == ZQ_OK, "create");
+    CHECK(zq_context_eval(ctx, prompt, PROMPT_LEN, NULL) == ZQ_ERR_CONTEXT_FULL, "no error");
+    CHECK_EQ_INT(zq_context_pos(ctx), 0);
+    CHECK(zq_context_eval(ctx, prompt, 8, NULL) == ZQ_OK, "%s", zq_last_error());
+    CHECK(zq_context_eval(ctx, prompt, 1, NULL) == ZQ_ERR_CONTEXT_FULL, "no error when full");
+    const int32_t bad = vocab;
+    zq_context_truncate(ctx, 2);
+    CHECK(zq_context_eval(ctx, &bad, 1, NULL) == ZQ_ERR_INVALID_ARG, "bad id accepted");
+    CHECK(zq_context_create(model, &(zq_context_params){.n_ctx = 100000}, &ctx) ==
+              ZQ_ERR_INVALID_ARG,
+          "oversized context accepted");
+    zq_context_free(ctx);
+}
+
+static void chat_prompt_drops_oldest(void)
+{
+    const char *turns[] = {"你好", "你好啊", "今天天气怎么样", "很好", "我们去吃饭吧"};
+    int32_t ids[256];
+    int n = 0, dropped = 0;
+    CHECK(zq_chat_build_prompt(model, turns, 5, 256, 10, ids, 256, &n, &dropped) == ZQ_OK,
+          "%s", zq_last_error());
+    CHECK_EQ_INT(dropped, 0);
+    /* [CLS] 你好 [SEP] 你好啊 [SEP] 今天天气怎么样 [SEP] 很好 [SEP] 我们去吃饭吧 [SEP] */
+    CHECK_EQ_INT(n, 1 + 3 + 4 + 8 + 3 + 7);
+    CHECK_EQ_INT(ids[0], zq_model_special(model)->cls);
+    CHECK_EQ_INT(ids[n - 1], zq_model_special(model)->sep);
+    /* A context of 24 with 4 reserved (room for 20) fits the last exchange and the new turn. */
+    CHECK(zq_chat_build_prompt(model, turns, 5, 24, 4, ids, 256, &n, &dropped) == ZQ_OK, "%s",
+          zq_last_error());
+    CHECK_EQ_INT(dropped, 1);
+    CHECK_EQ_INT(n, 1 + 8 + 3 + 7);
+    CHECK(zq_chat_build_prompt(model, turns, 5, 6, 2, ids, 256, &n, &dropped) ==
+              ZQ_ERR_CONTEXT_FULL,
+          "too long a turn accepted");
+}
+
+static void chat_keeps_last_exchanges(void)
+{
+    zq_chat_params p;
+    zq_chat_params_default(&p);
+    p.max_exchanges = 2;
+    p.max_new_tokens = 8;
+    p.sampling.temperature = 0;
+    zq_chat *chat = NULL;
+    CHECK(zq_chat_create(model, &p, &chat) == ZQ_OK, "%s", zq_last_error());
+    char reply[512];
+    const char *lines[] = {"你好", "你是谁", "你去哪儿了", "我们需要谈谈"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(zq_chat_reply(chat, lines[i], NULL, NULL, reply, sizeof reply) == ZQ_OK, "%s",
+              zq_last_error());
+        CHECK_EQ_INT(zq_chat_exchanges(chat), i + 1 < 2 ? i + 1 : 2);
+    }
+    zq_chat_reset(chat);
+    CHECK_EQ_INT(zq_chat_exchanges(chat), 0);
+
+    /* After a reset the same greedy turn gives the same reply as a fresh chat. */
+    char again[512], fresh[512];
+    zq_chat_reply(chat, "你好", NULL, NULL, again, sizeof again);
+    zq_chat *other = NULL;
+    zq_chat_create(model, &p, &other);
+    zq_chat_reply(other, "你好", NULL, NULL, fresh, sizeof fresh);
+    CHECK(strcmp(again, fresh) == 0, "'%s' vs '%s'", again, fresh);
+    zq_chat_free(other);
+    zq_chat_free(chat);
+}
+
+static bool stop_after_first(const char *piece, size_t len, void *user)
+{
+    (*(int *)user)++;
+    return false;
+}
+
+static void stopped_reply_is_not_stored(void)
+{
+    zq_chat_params p;
+    zq_chat_params_default(&p);
+    p.sampling.temperature = 0;
+    zq_chat *chat = NULL;
+    zq_chat_create(model, &p, &chat);
+    int calls = 0;
+    CHECK(zq_chat_reply(chat, "你好", stop_after_first, &calls, NULL, 0) == ZQ_OK, "%s",
+          zq_last_error());
+    CHECK_EQ_INT(calls, 1);
+    CHECK_EQ_INT(zq_chat_exchanges(chat), 0);
+    zq_chat_free(chat);
+}
+
+static void detokenize_gives_clean_text(void)
+{
+    const char *text = "你好，世界！hello world";
+    int32_t ids[64];
+    int n = 0;
+    CHECK(zq_tokenize(model, text, ids, 64, &n) == ZQ_OK, "%s", zq_last_error());
+    char out[256];
+    zq_detokenize(model, ids, n, out, sizeof out);
+    CHECK(strcmp(out, text) == 0, "'%s'", out);
+
+    zq_detok_stream stream;
+    zq_detok_stream_init(&stream, model);
+    char joined[256] = "";
+    for (int i = 0; i < n; i++) {
+        char piece[64];
+        zq_detok_stream_push(&stream, ids[i], piece, sizeof piece);
+        strcat(joined, piece);
+    }
+    CHECK(strcmp(joined, text) == 0, "streamed '%s'", joined);
+}
+
+int main(void)
+{
+    model = load_model(ZQ_TYPE_Q8);
+    if (!model) {
+        printf("FAIL load_model\n");
+        return 1;
+    }
+    vocab = zq_model_hparams(model)->n_vocab;
+    ZQ_RUN(threads_give_identical_logits);
+    ZQ_RUN(chunked_prompt_matches_whole);
+    ZQ_RUN(batched_decode_matches_single);
+    ZQ_RUN(context_limit_is_reported);
+    ZQ_RUN(chat_prompt_drops_oldest);
+    ZQ_RUN(chat_keeps_last_exchanges);
+    ZQ_RUN(stopped_reply_is_not_stored);
+    ZQ_RUN(detokenize_gives_clean_text);
+    zq_model_free(model);
+    ZQ_CHECK_EXIT();
+}
