@@ -3,7 +3,7 @@
  * top-p sets, empirical frequencies against softmax, masking, the repetition penalty and the
  * parameter checks. Random inputs come from a fixed seed that is printed.
  */
-#include "zq.h"
+#include "../runtime/zq.h"
 
 #include "support/check.h"
 
