@@ -2,6 +2,7 @@
  * cmd_chat.c - `zq chat`: an interactive chat loop. Each input line is one user turn, so it
  * works the same on a terminal and with piped input; replies stream to stdout, one per line.
  */
+#include "../runtime/filter.h"
 #include "commands.h"
 #include "common.h"
 
@@ -12,6 +13,14 @@
 #include <unistd.h>
 
 #define CMD "chat"
+#define DEFAULT_REFUSAL "抱歉，这个问题我无法回答。"
+
+/* State of the output side: an optional sensitive-word filter that masks the streamed reply. */
+typedef struct {
+    const zq_filter *filter;
+    zq_filter_stream *stream;
+    const char *refusal;
+} output;
 
 static void help(void)
 {
@@ -21,18 +30,44 @@ static void help(void)
            "context window would overflow. Commands: /reset clears the history, /quit exits.\n\n"
            "options:\n"
            "  -m, --model FILE         the .zq model (default: the embedded zh-chat-tiny)\n"
-           "  --history N              exchanges kept as context, 0..%d (default 3)\n" CLI_GEN_HELP
+           "  --history N              exchanges kept as context, 0..%d (default 3)\n"
+           "  --filter-words FILE      sensitive words, one per line (UTF-8): a message that\n"
+           "                           contains one gets the refusal, and replies are masked\n"
+           "  --filter-reply TEXT      the refusal (default: %s)\n" CLI_GEN_HELP
            "  -v, --verbose            more log output on stderr (repeatable); -v logs each\n"
            "                           turn's prompt size and history\n"
            "  -h, --help               show this help\n",
-           ZQ_CHAT_MAX_EXCHANGES);
+           ZQ_CHAT_MAX_EXCHANGES, DEFAULT_REFUSAL);
 }
 
 static bool print_piece(const char *piece, size_t len, void *user)
 {
+    output *out = user;
+    if (out->stream) {
+        const char *text = NULL;
+        size_t n = 0;
+        if (zq_filter_stream_push(out->stream, piece, len, &text, &n) != ZQ_OK)
+            return false;
+        piece = text;
+        len = n;
+    }
     fwrite(piece, 1, len, stdout);
     fflush(stdout);
     return true;
+}
+
+/* Prints what the filter still holds back at the end of a reply. */
+static void finish_reply(output *out)
+{
+    if (out->stream) {
+        const char *text = NULL;
+        size_t n = 0;
+        if (zq_filter_stream_finish(out->stream, &text, &n) == ZQ_OK)
+            fwrite(text, 1, n, stdout);
+        zq_filter_stream_reset(out->stream);
+    }
+    putchar('\n');
+    fflush(stdout);
 }
 
 /* Strips the line ending and surrounding ASCII whitespace in place. */
@@ -46,7 +81,7 @@ static char *trim(char *line)
     return line;
 }
 
-static int chat_loop(zq_chat *chat, int verbosity)
+static int chat_loop(zq_chat *chat, output *out, int verbosity)
 {
     const bool interactive = isatty(STDIN_FILENO);
     char *line = NULL;
@@ -69,9 +104,14 @@ static int chat_loop(zq_chat *chat, int verbosity)
                 fprintf(stderr, "zq chat: history cleared\n");
             continue;
         }
-        const zq_status st = zq_chat_reply(chat, text, print_piece, NULL, NULL, 0);
-        putchar('\n');
-        fflush(stdout);
+        if (out->filter && zq_filter_match(out->filter, text, strlen(text))) {
+            /* Refused messages never reach the model or the history. */
+            printf("%s\n", out->refusal);
+            fflush(stdout);
+            continue;
+        }
+        const zq_status st = zq_chat_reply(chat, text, print_piece, out, NULL, 0);
+        finish_reply(out);
         if (st != ZQ_OK) {
             cli_error_status(CMD, st);
             rc = ZQ_EXIT_FAIL;
@@ -90,6 +130,8 @@ int zq_cmd_chat(int argc, char **argv)
     static const struct option longs[] = {
         {"model", required_argument, 0, 'm'},
         {"history", required_argument, 0, CLI_OPT_HISTORY},
+        {"filter-words", required_argument, 0, CLI_OPT_FIRST_FREE},
+        {"filter-reply", required_argument, 0, CLI_OPT_FIRST_FREE + 1},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         CLI_GEN_LONG_OPTIONS,
@@ -98,11 +140,17 @@ int zq_cmd_chat(int argc, char **argv)
     zq_chat_params params;
     zq_chat_params_default(&params);
     const char *model_path = NULL;
+    const char *filter_path = NULL;
+    output out = {.refusal = DEFAULT_REFUSAL};
     int verbosity = 0;
     int c;
     while ((c = getopt_long(argc, argv, "m:vh", longs, NULL)) != -1) {
         if (c == 'm')
             model_path = optarg;
+        else if (c == CLI_OPT_FIRST_FREE)
+            filter_path = optarg;
+        else if (c == CLI_OPT_FIRST_FREE + 1)
+            out.refusal = optarg;
         else if (c == 'v')
             verbosity++;
         else if (c == 'h')
@@ -116,17 +164,32 @@ int zq_cmd_chat(int argc, char **argv)
     }
     cli_set_verbosity(verbosity);
 
+    zq_filter *filter = NULL;
+    if (filter_path) {
+        zq_status fst = zq_filter_load(filter_path, &filter);
+        if (fst == ZQ_OK)
+            fst = zq_filter_stream_create(filter, &out.stream);
+        if (fst != ZQ_OK) {
+            cli_error_status(CMD, fst);
+            zq_filter_free(filter);
+            return ZQ_EXIT_FAIL;
+        }
+        out.filter = filter;
+    }
+
     zq_model *model = cli_load_model(CMD, cli_model_path(model_path), params.n_threads);
-    if (!model)
-        return ZQ_EXIT_FAIL;
     zq_chat *chat = NULL;
-    const zq_status st = zq_chat_create(model, &params, &chat);
     int rc = ZQ_EXIT_FAIL;
-    if (st == ZQ_OK)
-        rc = chat_loop(chat, verbosity);
-    else
-        cli_error_status(CMD, st);
+    if (model) {
+        const zq_status st = zq_chat_create(model, &params, &chat);
+        if (st == ZQ_OK)
+            rc = chat_loop(chat, &out, verbosity);
+        else
+            cli_error_status(CMD, st);
+    }
     zq_chat_free(chat);
     zq_model_free(model);
+    zq_filter_stream_free(out.stream);
+    zq_filter_free(filter);
     return rc;
 }

@@ -104,4 +104,18 @@ check chat_overflow_exit0 test $? -eq 0
 hist=$(grep -o 'history [0-9]*' "$tmp/chat.err" | tail -n 1 | cut -d' ' -f2)
 check chat_overflow_drops_oldest test "$hist" -lt 3
 
+# --- sensitive-word filter in chat ------------------------------------------------------------
+plain=$(printf '你好\n' | "$ZQ" chat -m "$tmp/zh-int8.zq" --temperature 0 --max-new-tokens 8)
+word=$(printf '%s' "$plain" | cut -c1-2)
+printf '%s\n坏蛋\n' "$word" >"$tmp/words.txt"
+printf '你好\n你是坏 蛋吗\n' |
+    "$ZQ" chat -m "$tmp/zh-int8.zq" --temperature 0 --max-new-tokens 8 \
+        --filter-words "$tmp/words.txt" --filter-reply "不能回答" >"$tmp/filter.out"
+check chat_filter_masks_reply test "$(sed -n 1p "$tmp/filter.out")" = "**$(printf '%s' "$plain" | cut -c3-)"
+check chat_filter_refuses_input test "$(sed -n 2p "$tmp/filter.out")" = "不能回答"
+printf '\377\n' >"$tmp/bad-words.txt"
+printf '你好\n' | "$ZQ" chat -m "$tmp/zh-int8.zq" --filter-words "$tmp/bad-words.txt" \
+    >/dev/null 2>"$tmp/err"
+check chat_filter_bad_file_fails test $? -eq 1
+
 exit $failed
