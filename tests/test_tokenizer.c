@@ -8,9 +8,9 @@
  * with another implementation. ZQ_TOKENIZER_VOCAB overrides the vocabulary file and
  * ZQ_SEED the fuzz seed.
  */
-#include "check.h"
+#include "support/check.h"
 
-#include "tokenizer.h"
+#include "../runtime/tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <stdint.h>
@@ -604,7 +604,7 @@ static void tokenizer_piece_rules(void)
     static const struct {
         int32_t prev, id;
         const char *text;
-        const char *why;
+        const char *description;
     } cases[] = {
         {-1, 2, "", "[CLS] is empty"},
         {22, 3, "", "[SEP] is empty"},
@@ -624,8 +624,8 @@ static void tokenizer_piece_rules(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = zq_tokenizer_piece(tok, cases[i].prev, cases[i].id, buf, sizeof buf);
-        CHECK(strcmp(buf, cases[i].text) == 0, "%s: \"%s\"", cases[i].why, buf);
-        CHECK(n == strlen(cases[i].text), "%s: length %zu", cases[i].why, n);
+        CHECK(strcmp(buf, cases[i].text) == 0, "%s: \"%s\"", cases[i].description, buf);
+        CHECK(n == strlen(cases[i].text), "%s: length %zu", cases[i].description, n);
     }
     /* a short buffer still gets a NUL and the full length is returned */
     CHECK_EQ_INT(zq_tokenizer_piece(tok, 22, 1, buf, 3), 6);
