@@ -1,0 +1,90 @@
+/*
+ * kernels_ref.c - the portable reference of every kernel: plain loops, int32 accumulation for
+ * int8, float accumulation in k order for f32 and f16. The SIMD variants are tested against it.
+ */
+#include "internal.h"
+#include "kernels_impl.h"
+
+static void gemm_s8_ref(int M, int N, int K, const int8_t *A, size_t lda, const int8_t *W,
+                        size_t ldw, int32_t *C, size_t ldc)
+{
+    for (int m = 0; m < M; m++) {
+        const int8_t *a = A + (size_t)m * lda;
+        for (int n = 0; n < N; n++) {
+            const int8_t *w = W + (size_t)n * ldw;
+            int32_t sum = 0;
+            for (int k = 0; k < K; k++)
+                sum += (int32_t)a[k] * (int32_t)w[k];
+            C[(size_t)m * ldc + n] = sum;
+        }
+    }
+}
+
+static void gemm_f16_ref(int M, int N, int K, const float *A, size_t lda, const uint16_t *W,
+                         size_t ldw, float *C, size_t ldc)
+{
+    for (int m = 0; m < M; m++) {
+        const float *a = A + (size_t)m * lda;
+        for (int n = 0; n < N; n++) {
+            const uint16_t *w = W + (size_t)n * ldw;
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++)
+                sum += a[k] * zq_f16_to_f32(w[k]);
+            C[(size_t)m * ldc + n] = sum;
+        }
+    }
+}
+
+static void gemm_f32_ref(int M, int N, int K, const float *A, size_t lda, const float *W,
+                         size_t ldw, float *C, size_t ldc)
+{
+    for (int m = 0; m < M; m++) {
+        const float *a = A + (size_t)m * lda;
+        for (int n = 0; n < N; n++) {
+            const float *w = W + (size_t)n * ldw;
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++)
+                sum += a[k] * w[k];
+            C[(size_t)m * ldc + n] = sum;
+        }
+    }
+}
+
+/* NaN inputs are skipped by the max and quantize to -127 (see zq_quant_value); the SIMD
+ * variants do the same, so every variant agrees even on non-finite rows. */
+static void quantize_row_s8_ref(const float *x, int K, int8_t *q, float *scale)
+{
+    float amax = 0.0f;
+    for (int k = 0; k < K; k++) {
+        float a = fabsf(x[k]);
+        if (a > amax)
+            amax = a;
+    }
+    float inv = zq_quant_inverse(amax, scale);
+    for (int k = 0; k < K; k++)
+        q[k] = zq_quant_value(x[k], inv);
+}
+
+static float dot_f32_ref(const float *a, const float *b, int n)
+{
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++)
+        sum += a[i] * b[i];
+    return sum;
+}
+
+static void axpy_f32_ref(float alpha, const float *x, float *y, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+const zq_kernels zq_kernels_ref_table = {
+    .name = "ref",
+    .gemm_s8 = gemm_s8_ref,
+    .gemm_f16 = gemm_f16_ref,
+    .gemm_f32 = gemm_f32_ref,
+    .quantize_row_s8 = quantize_row_s8_ref,
+    .dot_f32 = dot_f32_ref,
+    .axpy_f32 = axpy_f32_ref,
+};

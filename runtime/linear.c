@@ -1,0 +1,224 @@
+/*
+ * linear.c - y = x · W^T + bias for f32, f16 and int8 (W8A8) weights, split over OpenMP
+ * threads by output rows.
+ *
+ * Threads own disjoint ranges of output features in units of LINEAR_ROW_UNIT rows, and every
+ * output element is computed by the same sequence of operations whichever thread or tile it
+ * falls in, so y does not depend on the thread count.
+ */
+#include "internal.h"
+#include "kernels.h"
+
+#include <assert.h>
+#include <string.h>
+
+#ifdef ZQ_USE_OPENMP
+#include <omp.h>
+#define OMP_BARRIER _Pragma("omp barrier")
+#else
+#define OMP_BARRIER
+#endif
+
+#define LINEAR_ROW_UNIT 16 /* granularity of the split of output rows across threads */
+#define LINEAR_NC 32       /* output features per int32 tile */
+#define LINEAR_MC 64       /* tokens per int32 tile */
+/* Below this many multiply-adds a linear runs on one thread: waking the others costs more. */
+#define LINEAR_MIN_PARALLEL_MACS 65536.0
+
+zq_status zq_linear_scratch_init(zq_linear_scratch *s, int max_m, int max_k)
+{
+    memset(s, 0, sizeof *s);
+    if (max_m < 1 || max_k < 1)
+        return zq_fail(ZQ_ERR_INVALID_ARG,
+                       "linear scratch: max_m = %d and max_k = %d must both be positive", max_m,
+                       max_k);
+    s->q = zq_aligned_alloc((size_t)max_m * (size_t)max_k);
+    s->scales = zq_aligned_alloc((size_t)max_m * sizeof *s->scales);
+    if (!s->q || !s->scales) {
+        zq_linear_scratch_free(s);
+        return zq_fail(ZQ_ERR_NOMEM, "linear scratch: cannot allocate %d x %d int8 activations",
+                       max_m, max_k);
+    }
+    s->max_m = max_m;
+    s->max_k = max_k;
+    return ZQ_OK;
+}
+
+void zq_linear_scratch_free(zq_linear_scratch *s)
+{
+    if (!s)
+        return;
+    zq_aligned_free(s->q);
+    zq_aligned_free(s->scales);
+    memset(s, 0, sizeof *s);
+}
+
+/* Returns [*begin, *end), the part of [0, count) that thread t of nt owns, in whole units. */
+static void thread_range(int count, int unit, int t, int nt, int *begin, int *end)
+{
+    const long long units = (count + unit - 1) / unit;
+    const long long b = units * t / nt * unit, e = units * (t + 1) / nt * unit;
+    *begin = (int)(b < count ? b : count);
+    *end = (int)(e < count ? e : count);
+}
+
+/* The work that every thread of one zq_linear call shares. */
+typedef struct {
+    const zq_kernels *k;
+    const zq_weight *w;
+    const float *bias;
+    const float *x; /* [M][K] */
+    float *y;       /* [M][N] */
+    int M, N, K;
+    zq_linear_scratch *s;
+} linear_job;
+
+static void add_bias(const linear_job *job, int n0, int n1)
+{
+    if (!job->bias)
+        return;
+    for (int m = 0; m < job->M; m++) {
+        float *row = job->y + (size_t)m * job->N;
+        for (int n = n0; n < n1; n++)
+            row[n] += job->bias[n];
+    }
+}
+
+static void float_rows(const linear_job *job, int n0, int n1)
+{
+    if (n0 >= n1)
+        return;
+    const size_t K = (size_t)job->K;
+    if (job->w->type == ZQ_TYPE_F32) {
+        const float *W = (const float *)job->w->data + (size_t)n0 * K;
+        job->k->gemm_f32(job->M, n1 - n0, job->K, job->x, K, W, K, job->y + n0, job->N);
+    } else {
+        const uint16_t *W = (const uint16_t *)job->w->data + (size_t)n0 * K;
+        job->k->gemm_f16(job->M, n1 - n0, job->K, job->x, K, W, K, job->y + n0, job->N);
+    }
+    add_bias(job, n0, n1);
+}
+
+/* ---- int8 weights (W8A8) ----------------------------------------------------------------- */
+
+/* y rows [m0, m0 + mc) x features [n0, n0 + nc) from one scale per weight row:
+ * y = acc * w_scale[n] * x_scale[m] + bias[n], in that order. */
+static void q8_tile_row_scales(const linear_job *job, int m0, int mc, int n0, int nc)
+{
+    int32_t acc[LINEAR_MC * LINEAR_NC];
+    const size_t K = (size_t)job->K;
+    const int8_t *W = (const int8_t *)job->w->data + (size_t)n0 * K;
+    job->k->gemm_s8(mc, nc, job->K, job->s->q + (size_t)m0 * K, K, W, K, acc, LINEAR_NC);
+
+    const float *w_scale = job->w->scales + n0;
+    for (int m = 0; m < mc; m++) {
+        const float x_scale = job->s->scales[m0 + m];
+        float *row = job->y + (size_t)(m0 + m) * job->N + n0;
+        for (int n = 0; n < nc; n++)
+            row[n] = (float)acc[m * LINEAR_NC + n] * w_scale[n] * x_scale;
+        if (job->bias)
+            for (int n = 0; n < nc; n++)
+                row[n] += job->bias[n0 + n];
+    }
+}
+
+/* As q8_tile_row_scales with one scale per group of columns: the int32 sum of each group is
+ * scaled by its weight scale and the groups are added in float, in group order. */
+static void q8_tile_group_scales(const linear_job *job, int m0, int mc, int n0, int nc)
+{
+    int32_t acc[LINEAR_MC * LINEAR_NC];
+    float sum[LINEAR_MC * LINEAR_NC];
+    const size_t K = (size_t)job->K, G = (size_t)job->w->group, n_groups = K / G;
+    const int8_t *W = (const int8_t *)job->w->data + (size_t)n0 * K;
+    const int8_t *Q = job->s->q + (size_t)m0 * K;
+    memset(sum, 0, sizeof sum);
+
+    for (size_t g = 0; g < n_groups; g++) {
+        job->k->gemm_s8(mc, nc, (int)G, Q + g * G, K, W + g * G, K, acc, LINEAR_NC);
+        for (int n = 0; n < nc; n++) {
+            const float w_scale = job->w->scales[(size_t)(n0 + n) * n_groups + g];
+            for (int m = 0; m < mc; m++)
+                sum[m * LINEAR_NC + n] += (float)acc[m * LINEAR_NC + n] * w_scale;
+        }
+    }
+    for (int m = 0; m < mc; m++) {
+        const float x_scale = job->s->scales[m0 + m];
+        float *row = job->y + (size_t)(m0 + m) * job->N + n0;
+        for (int n = 0; n < nc; n++)
+            row[n] = sum[m * LINEAR_NC + n] * x_scale;
+        if (job->bias)
+            for (int n = 0; n < nc; n++)
+                row[n] += job->bias[n0 + n];
+    }
+}
+
+static void q8_rows(const linear_job *job, int n0, int n1)
+{
+    for (int nc0 = n0; nc0 < n1; nc0 += LINEAR_NC) {
+        const int nc = n1 - nc0 < LINEAR_NC ? n1 - nc0 : LINEAR_NC;
+        for (int mc0 = 0; mc0 < job->M; mc0 += LINEAR_MC) {
+            const int mc = job->M - mc0 < LINEAR_MC ? job->M - mc0 : LINEAR_MC;
+            if (job->w->group > 0)
+                q8_tile_group_scales(job, mc0, mc, nc0, nc);
+            else
+                q8_tile_row_scales(job, mc0, mc, nc0, nc);
+        }
+    }
+}
+
+/* Runs on every thread of the team: quantize a share of the tokens, wait for all of them,
+ * then compute a share of the output features. */
+static void linear_thread(const linear_job *job, int t, int nt)
+{
+    int b, e;
+    if (job->w->type == ZQ_TYPE_Q8) {
+        thread_range(job->M, 1, t, nt, &b, &e);
+        for (int m = b; m < e; m++)
+            job->k->quantize_row_s8(job->x + (size_t)m * job->K, job->K,
+                                    job->s->q + (size_t)m * job->K, &job->s->scales[m]);
+        OMP_BARRIER
+        thread_range(job->N, LINEAR_ROW_UNIT, t, nt, &b, &e);
+        q8_rows(job, b, e);
+    } else {
+        thread_range(job->N, LINEAR_ROW_UNIT, t, nt, &b, &e);
+        float_rows(job, b, e);
+    }
+}
+
+static void linear_run(const linear_job *job, int n_threads)
+{
+    const double macs = (double)job->M * job->N * job->K;
+    const int units = (job->N + LINEAR_ROW_UNIT - 1) / LINEAR_ROW_UNIT;
+    int threads = macs < LINEAR_MIN_PARALLEL_MACS ? 1 : zq_resolve_threads(n_threads);
+    if (threads > units)
+        threads = units;
+#ifdef ZQ_USE_OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    linear_thread(job, omp_get_thread_num(), omp_get_num_threads());
+#else
+    (void)threads;
+    linear_thread(job, 0, 1);
+#endif
+}
+
+void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const float *x, int M,
+               float *y, zq_linear_scratch *s, int n_threads)
+{
+    if (M <= 0 || w->rows <= 0)
+        return;
+    linear_job job = {k, w, bias, x, y, M, w->rows, w->cols, s};
+    if (w->type != ZQ_TYPE_Q8) {
+        linear_run(&job, n_threads);
+        return;
+    }
+
+    /* The caller sizes the scratch; a smaller one is a bug in the caller, not bad input. */
+    assert(s && s->q && w->cols <= s->max_k);
+    assert(w->group == 0 || w->cols % w->group == 0);
+    for (int m0 = 0; m0 < M; m0 += s->max_m) {
+        job.M = M - m0 < s->max_m ? M - m0 : s->max_m;
+        job.x = x + (size_t)m0 * w->cols;
+        job.y = y + (size_t)m0 * w->rows;
+        linear_run(&job, n_threads);
+    }
+}

@@ -1,0 +1,398 @@
+/*
+ * test_linear.c - zq_linear for f32, f16 and int8 weights against double-precision sums, and
+ * its determinism: the same output for any thread count, any kernel table and any scratch
+ * size. The seed is printed and can be set with ZQ_TEST_SEED.
+ */
+#include "../runtime/internal.h"
+#include "../runtime/kernels.h"
+#include "support/check.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* A float linear may differ from the exact double sum by this fraction of sum |x_k * w_k|. */
+#define FLOAT_REL_TOL 1e-5
+/* An int8 linear may differ from the double sum of its own quantized operands (q_x * q_w *
+ * scales) by this fraction of the sum of magnitudes: float rounding of the rescale only. */
+#define Q8_RESCALE_REL_TOL 1e-5
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static float rng_float(void) /* [-1, 1) */
+{
+    return (float)((double)(rng_next() >> 11) * 0x1.0p-52 - 1.0);
+}
+
+/* A weight matrix in every storage type, built from the same f32 values. */
+typedef struct {
+    int rows, cols, group;
+    float *f32;
+    uint16_t *f16;
+    int8_t *q8;
+    float *scales; /* [rows][cols / group] or [rows] */
+    zq_weight w_f32, w_f16, w_q8;
+} test_weights;
+
+/* Quantizes each row, or each group of a row, with the reference kernel's rule. */
+static void make_weights(test_weights *t, int rows, int cols, int group, float outlier)
+{
+    const int per_row = group ? cols / group : 1, span = group ? group : cols;
+    t->rows = rows;
+    t->cols = cols;
+    t->group = group;
+    t->f32 = zq_aligned_alloc((size_t)rows * cols * sizeof *t->f32);
+    t->f16 = zq_aligned_alloc((size_t)rows * cols * sizeof *t->f16);
+    t->q8 = zq_aligned_alloc((size_t)rows * cols);
+    t->scales = zq_aligned_alloc((size_t)rows * per_row * sizeof *t->scales);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        t->f32[i] = rng_float() * 0.1f;
+    for (int r = 0; r < rows && outlier != 0; r++)
+        t->f32[(size_t)r * cols + (r * 7) % cols] = outlier; /* one large weight per row */
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        t->f16[i] = zq_f32_to_f16(t->f32[i]);
+    for (size_t s = 0; s < (size_t)rows * per_row; s++)
+        zq_kernels_ref()->quantize_row_s8(t->f32 + s * span, span, t->q8 + s * span,
+                                          &t->scales[s]);
+    t->w_f32 = (zq_weight){ZQ_TYPE_F32, rows, cols, 0, t->f32, NULL};
+    t->w_f16 = (zq_weight){ZQ_TYPE_F16, rows, cols, 0, t->f16, NULL};
+    t->w_q8 = (zq_weight){ZQ_TYPE_Q8, rows, cols, group, t->q8, t->scales};
+}
+
+static void free_weights(test_weights *t)
+{
+    zq_aligned_free(t->f32);
+    zq_aligned_free(t->f16);
+    zq_aligned_free(t->q8);
+    zq_aligned_free(t->scales);
+}
+
+static float *random_floats(size_t n, float magnitude)
+{
+    float *p = zq_aligned_alloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = rng_float() * magnitude;
+    return p;
+}
+
+/* Runs zq_linear with its own scratch of max_m rows; returns a new [M][rows] buffer. */
+static float *run_linear(const zq_kernels *k, const zq_weight *w, const float *bias,
+                         const float *x, int M, int max_m, int threads)
+{
+    zq_linear_scratch s;
+    float *y = zq_aligned_alloc((size_t)M * w->rows * sizeof *y);
+    CHECK(zq_linear_scratch_init(&s, max_m, w->cols) == ZQ_OK, "scratch: %s", zq_last_error());
+    zq_linear(k, w, bias, x, M, y, &s, threads);
+    zq_linear_scratch_free(&s);
+    return y;
+}
+
+/* ---- accuracy ---------------------------------------------------------------------------- */
+
+static float half_value(const test_weights *t, size_t i)
+{
+    return zq_f16_to_f32(t->f16[i]);
+}
+
+static float float_value(const test_weights *t, size_t i)
+{
+    return t->f32[i];
+}
+
+/* Checks y against double sums over the weights that value() returns. */
+static void check_float_linear(const char *what, const test_weights *t,
+                               float (*value)(const test_weights *, size_t), const float *bias,
+                               const float *x, int M, const float *y)
+{
+    int bad = 0;
+    for (int m = 0; m < M && !bad; m++) {
+        for (int n = 0; n < t->rows && !bad; n++) {
+            double exact = bias ? bias[n] : 0, mag = bias ? fabs(bias[n]) : 0;
+            for (int k = 0; k < t->cols; k++) {
+                const double p = (double)x[(size_t)m * t->cols + k] *
+                                 value(t, (size_t)n * t->cols + k);
+                exact += p;
+                mag += fabs(p);
+            }
+            const double got = y[(size_t)m * t->rows + n];
+            if (!(fabs(got - exact) <= FLOAT_REL_TOL * mag + 1e-30)) {
+                CHECK(0, "%s: y[%d][%d] = %.9g, exact %.9g", what, m, n, got, exact);
+                bad = 1;
+            }
+        }
+    }
+}
+
+static void test_linear_float(void)
+{
+    const int M = 5, N = 70, K = 45;
+    test_weights t;
+    make_weights(&t, N, K, 0, 0);
+    float *x = random_floats((size_t)M * K, 2.0f), *bias = random_floats(N, 1.0f);
+    const zq_kernels *best = zq_kernels_best();
+
+    float *y = run_linear(best, &t.w_f32, bias, x, M, M, 2);
+    check_float_linear("f32", &t, float_value, bias, x, M, y);
+    zq_aligned_free(y);
+    y = run_linear(best, &t.w_f16, bias, x, M, M, 2);
+    check_float_linear("f16", &t, half_value, bias, x, M, y);
+    zq_aligned_free(y);
+    y = run_linear(best, &t.w_f32, NULL, x, M, M, 1);
+    check_float_linear("f32 without bias", &t, float_value, NULL, x, M, y);
+    zq_aligned_free(y);
+    free_weights(&t);
+    zq_aligned_free(x);
+    zq_aligned_free(bias);
+}
+
+/* Returns w_scale for element (n, k) of a Q8 weight. */
+static double q8_scale(const test_weights *t, int n, int k)
+{
+    if (!t->group)
+        return t->scales[n];
+    return t->scales[(size_t)n * (t->cols / t->group) + (size_t)(k / t->group)];
+}
+
+/* Checks an int8 linear two ways. Against the double sum of its own quantized operands it must
+ * agree to float rounding. Against the f32 weights and activations it must stay within the
+ * worst-case quantization error: |x| dw + |w| dx + dx dw per term, with dx, dw half a step. */
+static void check_q8_linear(const char *what, const test_weights *t, const float *bias,
+                            const float *x, int M, const float *y)
+{
+    int8_t *qx = malloc((size_t)t->cols);
+    int bad = 0;
+    for (int m = 0; m < M && !bad; m++) {
+        float x_scale;
+        const float *xr = x + (size_t)m * t->cols;
+        zq_kernels_ref()->quantize_row_s8(xr, t->cols, qx, &x_scale);
+        for (int n = 0; n < t->rows && !bad; n++) {
+            const double b = bias ? bias[n] : 0;
+            double from_q = b, from_f = b, mag = fabs(b), bound = 0;
+            for (int k = 0; k < t->cols; k++) {
+                const size_t i = (size_t)n * t->cols + k;
+                const double ws = q8_scale(t, n, k), xs = x_scale;
+                const double p = (double)qx[k] * t->q8[i] * ws * xs;
+                from_q += p;
+                mag += fabs(p);
+                from_f += (double)xr[k] * t->f32[i];
+                bound += fabs(xr[k]) * ws / 2 + fabs(t->f32[i]) * xs / 2 + ws * xs / 4;
+            }
+            const double got = y[(size_t)m * t->rows + n];
+            if (!(fabs(got - from_q) <= Q8_RESCALE_REL_TOL * mag + 1e-30)) {
+                CHECK(0, "%s: y[%d][%d] = %.9g, quantized sum %.9g", what, m, n, got, from_q);
+                bad = 1;
+            }
+            if (!(fabs(got - from_f) <= bound * 1.001 + Q8_RESCALE_REL_TOL * mag)) {
+                CHECK(0, "%s: y[%d][%d] = %.9g, f32 sum %.9g, error bound %.3g", what, m, n, got,
+                      from_f, bound);
+                bad = 1;
+            }
+        }
+    }
+    free(qx);
+}
+
+static void test_linear_q8_row_scales(void)
+{
+    static const int shapes[][3] = {{1, 70, 45}, {3, 33, 768}, {17, 100, 67}, {70, 48, 130}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
+        test_weights t;
+        make_weights(&t, N, K, 0, 0);
+        float *x = random_floats((size_t)M * K, 3.0f), *bias = random_floats(N, 1.0f);
+        float *y = run_linear(zq_kernels_best(), &t.w_q8, bias, x, M, M, 2);
+        char what[64];
+        snprintf(what, sizeof what, "q8 rows M=%d N=%d K=%d", M, N, K);
+        check_q8_linear(what, &t, bias, x, M, y);
+        zq_aligned_free(y);
+        zq_aligned_free(x);
+        zq_aligned_free(bias);
+        free_weights(&t);
+    }
+}
+
+static void test_linear_q8_group_scales(void)
+{
+    static const int groups[] = {32, 64, 128};
+    const int M = 9, N = 40, K = 256;
+    for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++) {
+        test_weights t;
+        make_weights(&t, N, K, groups[i], 0);
+        float *x = random_floats((size_t)M * K, 3.0f), *bias = random_floats(N, 1.0f);
+        float *y = run_linear(zq_kernels_best(), &t.w_q8, bias, x, M, M, 2);
+        char what[64];
+        snprintf(what, sizeof what, "q8 group %d", groups[i]);
+        check_q8_linear(what, &t, bias, x, M, y);
+        zq_aligned_free(y);
+        zq_aligned_free(x);
+        zq_aligned_free(bias);
+        free_weights(&t);
+    }
+}
+
+/* One group spanning the whole row takes the group code path but must give exactly the row
+ * scale result: 0 + acc * w_scale equals acc * w_scale. */
+static void test_linear_q8_one_group_equals_rows(void)
+{
+    const int M = 6, N = 35, K = 96;
+    test_weights rows, one_group;
+    const uint64_t seed = rng_state;
+    make_weights(&rows, N, K, 0, 0);
+    rng_state = seed;
+    make_weights(&one_group, N, K, K, 0);
+    float *x = random_floats((size_t)M * K, 1.0f), *bias = random_floats(N, 1.0f);
+    float *y1 = run_linear(zq_kernels_best(), &rows.w_q8, bias, x, M, M, 1);
+    float *y2 = run_linear(zq_kernels_best(), &one_group.w_q8, bias, x, M, M, 1);
+    CHECK(memcmp(y1, y2, (size_t)M * N * sizeof *y1) == 0, "group = K differs from row scales");
+    zq_aligned_free(y1);
+    zq_aligned_free(y2);
+    zq_aligned_free(x);
+    zq_aligned_free(bias);
+    free_weights(&rows);
+    free_weights(&one_group);
+}
+
+/* Returns the RMS of y - x · W^T over the f32 weights. */
+static double rms_error(const test_weights *t, const float *x, int M, const float *y)
+{
+    double sq = 0;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < t->rows; n++) {
+            double exact = 0;
+            for (int k = 0; k < t->cols; k++)
+                exact += (double)x[(size_t)m * t->cols + k] * t->f32[(size_t)n * t->cols + k];
+            const double d = y[(size_t)m * t->rows + n] - exact;
+            sq += d * d;
+        }
+    return sqrt(sq / ((double)M * t->rows));
+}
+
+/* With one large weight per row, a row scale wastes most of the int8 range on it; group
+ * scales confine the damage to one group, so their error must be clearly smaller. */
+static void test_linear_group_beats_rows_on_outliers(void)
+{
+    const int M = 8, N = 32, K = 256;
+    test_weights rows, groups;
+    const uint64_t seed = rng_state;
+    make_weights(&rows, N, K, 0, 4.0f);
+    rng_state = seed;
+    make_weights(&groups, N, K, 32, 4.0f);
+    float *x = random_floats((size_t)M * K, 1.0f);
+    float *y_rows = run_linear(zq_kernels_best(), &rows.w_q8, NULL, x, M, M, 1);
+    float *y_groups = run_linear(zq_kernels_best(), &groups.w_q8, NULL, x, M, M, 1);
+    const double e_rows = rms_error(&rows, x, M, y_rows);
+    const double e_groups = rms_error(&groups, x, M, y_groups);
+    printf("# outlier rows: rms error %.3g with row scales, %.3g with groups of 32\n", e_rows,
+           e_groups);
+    CHECK(e_groups < 0.5 * e_rows, "group error %.3g not below half the row error %.3g",
+          e_groups, e_rows);
+    zq_aligned_free(y_rows);
+    zq_aligned_free(y_groups);
+    zq_aligned_free(x);
+    free_weights(&rows);
+    free_weights(&groups);
+}
+
+/* ---- determinism ------------------------------------------------------------------------- */
+
+static const char *type_label(const zq_weight *w)
+{
+    return w->type == ZQ_TYPE_Q8 ? (w->group ? "q8 group" : "q8 row") : zq_type_name(w->type);
+}
+
+/* Every weight type and several shapes: 1, 2 and 3 threads give the same bytes. */
+static void test_linear_threads_bit_identical(void)
+{
+    static const int shapes[][3] = {{1, 100, 67}, {1, 768, 768}, {37, 130, 96}, {70, 33, 64}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
+        test_weights t, tg;
+        make_weights(&t, N, K, 0, 0);
+        make_weights(&tg, N, K, K % 32 == 0 ? 32 : K, 0);
+        float *x = random_floats((size_t)M * K, 2.0f), *bias = random_floats(N, 1.0f);
+        const zq_weight *ws[] = {&t.w_f32, &t.w_f16, &t.w_q8, &tg.w_q8};
+        for (size_t j = 0; j < 4; j++) {
+            float *y1 = run_linear(zq_kernels_best(), ws[j], bias, x, M, M, 1);
+            for (int threads = 2; threads <= 3; threads++) {
+                float *yt = run_linear(zq_kernels_best(), ws[j], bias, x, M, M, threads);
+                CHECK(memcmp(y1, yt, (size_t)M * N * sizeof *y1) == 0,
+                      "%s M=%d N=%d K=%d: %d threads differ from 1", type_label(ws[j]), M, N, K,
+                      threads);
+                zq_aligned_free(yt);
+            }
+            zq_aligned_free(y1);
+        }
+        zq_aligned_free(x);
+        zq_aligned_free(bias);
+        free_weights(&t);
+        free_weights(&tg);
+    }
+}
+
+/* A scratch smaller than M makes zq_linear work in chunks of tokens; int8 kernels are exact
+ * and the rescale is the same, so every kernel table and every chunking gives the same
+ * bytes. */
+static void test_linear_q8_same_across_kernels_and_chunks(void)
+{
+    static const char *const names[] = {"ref", "avx2", "avx512vnni", "neon", "neondot"};
+    const int M = 21, N = 50, K = 200;
+    test_weights t, tg;
+    make_weights(&t, N, K, 0, 0);
+    make_weights(&tg, N, K, 40, 0);
+    float *x = random_floats((size_t)M * K, 2.0f), *bias = random_floats(N, 1.0f);
+    const zq_weight *ws[] = {&t.w_q8, &tg.w_q8};
+    for (size_t j = 0; j < 2; j++) {
+        float *want = run_linear(zq_kernels_ref(), ws[j], bias, x, M, M, 1);
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            const zq_kernels *k = zq_kernels_by_name(names[i]);
+            if (!k)
+                continue;
+            float *y = run_linear(k, ws[j], bias, x, M, 4, 2);
+            CHECK(memcmp(want, y, (size_t)M * N * sizeof *y) == 0,
+                  "%s with kernels %s and 4-row scratch differs from ref", type_label(ws[j]),
+                  names[i]);
+            zq_aligned_free(y);
+        }
+        zq_aligned_free(want);
+    }
+    zq_aligned_free(x);
+    zq_aligned_free(bias);
+    free_weights(&t);
+    free_weights(&tg);
+}
+
+static void test_linear_scratch_errors(void)
+{
+    zq_linear_scratch s;
+    CHECK(zq_linear_scratch_init(&s, 0, 10) == ZQ_ERR_INVALID_ARG, "max_m 0 accepted");
+    CHECK(s.q == NULL, "failed init left a buffer");
+    CHECK(zq_linear_scratch_init(&s, 4, -1) == ZQ_ERR_INVALID_ARG, "max_k -1 accepted");
+    zq_linear_scratch_free(&s);
+    zq_linear_scratch_free(NULL);
+}
+
+int main(void)
+{
+    const char *env = getenv("ZQ_TEST_SEED");
+    const uint64_t seed = env && *env ? strtoull(env, NULL, 0) : 20240612;
+    rng_state = seed;
+    printf("# test_linear seed %llu (set ZQ_TEST_SEED to repeat), kernels %s\n",
+           (unsigned long long)seed, zq_kernels_best()->name);
+
+    ZQ_RUN(test_linear_scratch_errors);
+    ZQ_RUN(test_linear_float);
+    ZQ_RUN(test_linear_q8_row_scales);
+    ZQ_RUN(test_linear_q8_group_scales);
+    ZQ_RUN(test_linear_q8_one_group_equals_rows);
+    ZQ_RUN(test_linear_group_beats_rows_on_outliers);
+    ZQ_RUN(test_linear_threads_bit_identical);
+    ZQ_RUN(test_linear_q8_same_across_kernels_and_chunks);
+    ZQ_CHECK_EXIT();
+}
