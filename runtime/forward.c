@@ -165,8 +165,9 @@ static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, co
 }
 
 static void block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos, int n,
-                  int layer, int n_threads)
+                  int layer, int n_threads, const zq_forward_hooks *hooks)
 {
+    const zq_norm_fn norm_fn = hooks ? hooks->norm_fn : NULL;
     const zq_layer *L = &m->layers[layer];
     const zq_kernels *k = m->kernels;
     const int d = m->hp.n_embd;
@@ -174,6 +175,8 @@ static void block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const 
 
     /* attention: x += proj(attn(LN1(x))) */
     layer_norm_rows(ws->x, L->ln1_g, L->ln1_b, n, d, eps, ws->h, n_threads);
+    if (norm_fn)
+        norm_fn(layer, 0, ws->h, n, d, hooks->norm_user);
     zq_linear(k, &L->attn, L->attn_b, ws->h, n, ws->qkv, &ws->lin, n_threads);
     store_kv(kvs, pos, ws->qkv, n, layer, d);
     attention(m, ws, kvs, pos, n, layer, n_threads);
@@ -182,6 +185,8 @@ static void block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const 
 
     /* MLP: x += fc2(act(fc(LN2(x)))) */
     layer_norm_rows(ws->x, L->ln2_g, L->ln2_b, n, d, eps, ws->h, n_threads);
+    if (norm_fn)
+        norm_fn(layer, 1, ws->h, n, d, hooks->norm_user);
     zq_linear(k, &L->fc, L->fc_b, ws->h, n, ws->mlp, &ws->lin, n_threads);
     activate_rows(m->hp.activation, ws->mlp, (size_t)n * m->hp.n_inner, n_threads);
     zq_linear(k, &L->fc2, L->fc2_b, ws->mlp, n, ws->h, &ws->lin, n_threads);
@@ -220,7 +225,7 @@ void zq_forward(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const in
 
     embed(m, ids, pos, n, ws->x);
     for (int l = 0; l < m->hp.n_layer; l++) {
-        block(m, ws, kvs, pos, n, l, n_threads);
+        block(m, ws, kvs, pos, n, l, n_threads, hooks);
         if (hooked)
             hooks->layer_fn(l, ws->x, n, d, hooks->layer_user);
     }

@@ -88,6 +88,10 @@ typedef struct {
 zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);
 void zq_workspace_free(zq_workspace *ws);
 
+/* Called with the LayerNorm output that is the input of a layer's c_attn (site 0) or c_fc
+ * (site 1), h [n][n_embd]; the quantizer's activation calibration reads it. */
+typedef void (*zq_norm_fn)(int layer, int site, const float *h, int n, int n_embd, void *user);
+
 /* One forward call over n token rows. Row i is token ids[i] at position pos[i] of the sequence
  * whose cache is kvs[i] (rows of one sequence must be in position order; different rows may
  * belong to different sequences). Each row's k/v is written to its cache. When logits[i] is not
@@ -96,6 +100,8 @@ void zq_workspace_free(zq_workspace *ws);
 typedef struct {
     zq_layer_fn layer_fn;
     void *layer_user;
+    zq_norm_fn norm_fn; /* NULL = off */
+    void *norm_user;
 } zq_forward_hooks;
 
 void zq_forward(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos,
