@@ -103,6 +103,7 @@ run: all
 	$(BUILD)/zq chat
 
 test: all
+	@scripts/setup-deps.sh --test-tools
 	@BUILD=$(BUILD) scripts/run-tests.sh
 
 bench: all
