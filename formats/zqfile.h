@@ -1,6 +1,20 @@
 /*
- * zqfile.h - reader and writer of .zq model files. The byte layout is specified in
- * formats/ZQ_FORMAT.md; this header gives the in-memory form.
+ * zqfile.h - reader and writer of .zq model files. formats/ZQ_FORMAT.md specifies the format;
+ * this header gives the in-memory form. Layout of version 1, all integers little-endian:
+ *
+ *   0   magic "\x89ZQM\r\n\x1a\n" (8 bytes)
+ *   8   u32 version (ZQ_FILE_VERSION)      12  u32 flags (0)
+ *   16  u64 meta_size                      24  u32 CRC-32C of the metadata frame
+ *   28  u32 CRC-32C of bytes 0..27
+ *   32  metadata: one zstd frame (content checksum on) holding JSON with the hparams, the
+ *       tokenizer, the provenance and the tensor directory (name, type, rows, cols, group,
+ *       offset from the end of the metadata frame, size, raw_size, crc32c)
+ *   then one zstd frame per tensor, contiguous, in directory order; the file ends where the
+ *       last frame ends. Frame content: f32 / f16 raw values; int8: the f32 scales, zero
+ *       padding to a multiple of 64 bytes, then the int8 values in [-127, 127].
+ *
+ * After reading, all tensors live in one arena; each tensor's data and scales are 64-byte
+ * aligned.
  */
 #ifndef ZQ_ZQFILE_H
 #define ZQ_ZQFILE_H
