@@ -1,0 +1,230 @@
+/*
+ * cmd_serve.c - `zq serve`: parses the options into a zq_serve_config and runs the HTTP
+ * server (server/). docs/SERVING.md describes the endpoints and the deployment.
+ */
+#include "../server/server.h"
+#include "commands.h"
+#include "common.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CMD "serve"
+
+static void help(const zq_serve_config *d)
+{
+    printf("usage: zq serve [-m MODEL.zq] [options]\n\n"
+           "Serves the model over HTTP: POST /chat (sessions), POST /v1/chat/completions\n"
+           "(OpenAI-compatible, streaming with \"stream\": true), GET /v1/models, GET /health,\n"
+           "GET /metrics. Stops gracefully on SIGINT or SIGTERM. See docs/SERVING.md.\n\n"
+           "options:\n"
+           "  -m, --model FILE         the .zq model (default: the embedded zh-chat-tiny)\n"
+           "  --model-name NAME        model id in responses (default: the file name)\n"
+           "  --host ADDR              numeric address to bind (default %s)\n"
+           "  --port N                 TCP port, 0 = any free port (default %d)\n"
+           "  --parallel N             sequences decoded together in one batch (default %d)\n"
+           "  --no-batching            decode one request at a time (same as --parallel 1)\n"
+           "  --queue N                requests waiting for a slot before 503 (default %d)\n"
+           "  --ctx-size N             KV cache positions per slot (default: the model's)\n"
+           "  --history N              exchanges kept per /chat session (default %d)\n"
+           "  --session-ttl SECONDS    forget a session this long after its last use\n"
+           "                           (default %ld)\n"
+           "  --max-sessions N         sessions kept in memory, least recently used evicted\n"
+           "                           (default %ld)\n"
+           "  --cache-size N           replies kept in the in-memory cache, 0 = off\n"
+           "                           (default %ld)\n"
+           "  --cache redis://HOST:PORT  keep the cache and the sessions in Redis instead,\n"
+           "                           shared by every server using it\n"
+           "  --cache-ttl SECONDS      lifetime of a Redis cache entry, 0 = none (default %ld)\n"
+           "  --filter-words FILE      sensitive words, one per line (UTF-8): input that\n"
+           "                           contains one gets the refusal, output is masked\n"
+           "  --filter-reply TEXT      the refusal (default: %s)\n"
+           "  --api-key KEY            require Authorization: Bearer KEY (or set ZQ_API_KEY)\n"
+           "  --max-body BYTES         largest request body (default %zu)\n"
+           "  --max-prompt-chars N     longest prompt or message, in characters (default %d)\n"
+           "  --max-new-tokens-cap N   largest max_new_tokens a request may ask for\n"
+           "                           (default %d)\n"
+           "  --max-connections N      simultaneous connections (default %d)\n"
+           "  --shutdown-timeout SECONDS  time in-flight requests get to finish after\n"
+           "                           SIGTERM before they are aborted (default %g)\n"
+           "  --log-prompts            include prompts in the access log\n"
+           "  --no-access-log          no access-log lines on stderr\n"
+           "  --step-delay-ms N        sleep N ms after each decoding step (for tests)\n"
+           "Defaults for requests that do not set them:\n" CLI_GEN_HELP
+           "  -v, --verbose            more library log output on stderr (repeatable)\n"
+           "  -h, --help               show this help\n",
+           d->host, d->port, d->parallel, d->queue, d->history, d->session_ttl,
+           d->max_sessions, d->cache_size, d->cache_ttl, d->filter_reply, d->max_body,
+           d->limits.max_prompt_chars, d->limits.max_new_tokens_cap, d->max_connections,
+           d->shutdown_timeout);
+}
+
+typedef enum { OPT_INT, OPT_LONG, OPT_SIZE, OPT_SECONDS, OPT_TEXT, OPT_FLAG, OPT_UNSET } kind;
+
+/* One server option: its name, where its value goes and its range. */
+typedef struct {
+    const char *name;
+    kind type;
+    void *target;
+    long min, max;
+} serve_option;
+
+static int build_options(zq_serve_config *c, bool *no_batching, serve_option *opts)
+{
+    const serve_option table[] = {
+        {"model-name", OPT_TEXT, &c->model_name, 0, 0},
+        {"host", OPT_TEXT, &c->host, 0, 0},
+        {"port", OPT_INT, &c->port, 0, 65535},
+        {"parallel", OPT_INT, &c->parallel, 1, 256},
+        {"no-batching", OPT_FLAG, no_batching, 0, 0},
+        {"queue", OPT_INT, &c->queue, 1, 1000000},
+        {"ctx-size", OPT_INT, &c->ctx_size, 1, 1 << 20},
+        {"session-ttl", OPT_LONG, &c->session_ttl, 1, 100L * 365 * 86400},
+        {"max-sessions", OPT_LONG, &c->max_sessions, 1, 100000000},
+        {"cache-size", OPT_LONG, &c->cache_size, 0, 100000000},
+        {"cache", OPT_TEXT, &c->cache_url, 0, 0},
+        {"cache-ttl", OPT_LONG, &c->cache_ttl, 0, 100L * 365 * 86400},
+        {"filter-words", OPT_TEXT, &c->filter_words, 0, 0},
+        {"filter-reply", OPT_TEXT, &c->filter_reply, 0, 0},
+        {"api-key", OPT_TEXT, &c->api_key, 0, 0},
+        {"max-body", OPT_SIZE, &c->max_body, 1, 1L << 30},
+        {"max-prompt-chars", OPT_INT, &c->limits.max_prompt_chars, 1, 1 << 20},
+        {"max-new-tokens-cap", OPT_INT, &c->limits.max_new_tokens_cap, 1, 1 << 20},
+        {"max-connections", OPT_INT, &c->max_connections, 1, 65536},
+        {"shutdown-timeout", OPT_SECONDS, &c->shutdown_timeout, 0, 3600},
+        {"log-prompts", OPT_FLAG, &c->log_prompts, 0, 0},
+        {"no-access-log", OPT_UNSET, &c->access_log, 0, 0},
+        {"step-delay-ms", OPT_INT, &c->step_delay_ms, 0, 10000},
+    };
+    const int n = (int)(sizeof table / sizeof *table);
+    memcpy(opts, table, sizeof table);
+    return n;
+}
+
+/* Stores one option value; returns false (after printing why) on an invalid value. */
+static bool apply_option(const serve_option *o, const char *arg)
+{
+    long l = 0;
+    double d = 0;
+    switch (o->type) {
+    case OPT_TEXT:
+        *(const char **)o->target = arg;
+        return true;
+    case OPT_FLAG:
+        *(bool *)o->target = true;
+        return true;
+    case OPT_UNSET:
+        *(bool *)o->target = false;
+        return true;
+    case OPT_SECONDS:
+        if (!cli_parse_float(CMD, o->name, arg, (double)o->min, (double)o->max, &d))
+            return false;
+        *(double *)o->target = d;
+        return true;
+    default:
+        break;
+    }
+    if (!cli_parse_int(CMD, o->name, arg, o->min, o->max, &l))
+        return false;
+    if (o->type == OPT_INT)
+        *(int *)o->target = (int)l;
+    else if (o->type == OPT_LONG)
+        *(long *)o->target = l;
+    else
+        *(size_t *)o->target = (size_t)l;
+    return true;
+}
+
+/* Parses argv into cfg. Returns -1 to go on, or an exit status. */
+static int parse_args(int argc, char **argv, zq_serve_config *cfg, const char **model_path)
+{
+    serve_option opts[32];
+    bool no_batching = false;
+    const int n_opts = build_options(cfg, &no_batching, opts);
+    struct option longs[48];
+    int n = 0;
+    for (int i = 0; i < n_opts; i++) {
+        const bool has_arg = opts[i].type != OPT_FLAG && opts[i].type != OPT_UNSET;
+        longs[n++] = (struct option){opts[i].name, has_arg ? required_argument : no_argument, 0,
+                                     CLI_OPT_FIRST_FREE + i};
+    }
+    const struct option fixed[] = {
+        {"model", required_argument, 0, 'm'}, {"history", required_argument, 0, CLI_OPT_HISTORY},
+        {"verbose", no_argument, 0, 'v'},     {"help", no_argument, 0, 'h'},
+        CLI_GEN_LONG_OPTIONS,                 {0, 0, 0, 0},
+    };
+    memcpy(longs + n, fixed, sizeof fixed);
+
+    zq_chat_params gen;
+    zq_chat_params_default(&gen);
+    gen.sampling = cfg->limits.sampling;
+    gen.max_new_tokens = cfg->limits.default_max_new_tokens;
+    gen.max_exchanges = cfg->history;
+    int verbosity = 0, c;
+    while ((c = getopt_long(argc, argv, "m:vh", longs, NULL)) != -1) {
+        if (c == 'm')
+            *model_path = optarg;
+        else if (c == 'v')
+            verbosity++;
+        else if (c == 'h')
+            return help(cfg), ZQ_EXIT_OK;
+        else if (c >= CLI_OPT_FIRST_FREE && c < CLI_OPT_FIRST_FREE + n_opts) {
+            if (!apply_option(&opts[c - CLI_OPT_FIRST_FREE], optarg))
+                return ZQ_EXIT_USAGE;
+        } else if (cli_gen_option(CMD, c, optarg, &gen) != 1)
+            return ZQ_EXIT_USAGE;
+    }
+    if (optind != argc) {
+        cli_error(CMD, "unexpected argument '%s'; run 'zq serve --help'", argv[optind]);
+        return ZQ_EXIT_USAGE;
+    }
+    cfg->limits.sampling = gen.sampling;
+    cfg->limits.default_max_new_tokens = gen.max_new_tokens;
+    cfg->threads = gen.n_threads;
+    cfg->history = gen.max_exchanges;
+    if (no_batching)
+        cfg->parallel = 1;
+    cli_set_verbosity(verbosity);
+    return -1;
+}
+
+static bool check_config(const zq_serve_config *cfg)
+{
+    if (cfg->limits.default_max_new_tokens > cfg->limits.max_new_tokens_cap) {
+        cli_error(CMD, "--max-new-tokens %d is above --max-new-tokens-cap %d",
+                  cfg->limits.default_max_new_tokens, cfg->limits.max_new_tokens_cap);
+        return false;
+    }
+    if (cfg->cache_url && strncmp(cfg->cache_url, "redis://", 8) != 0) {
+        cli_error(CMD, "invalid value '%s' for --cache: expected redis://HOST[:PORT]",
+                  cfg->cache_url);
+        return false;
+    }
+    if (access(cfg->model_path, R_OK) != 0) {
+        cli_error(CMD, "model file '%s' not found: pass -m MODEL.zq, or run make to build the "
+                  "default model", cfg->model_path);
+        return false;
+    }
+    return true;
+}
+
+int zq_cmd_serve(int argc, char **argv)
+{
+    zq_serve_config cfg;
+    zq_serve_config_default(&cfg);
+    const char *key = getenv("ZQ_API_KEY");
+    if (key && *key)
+        cfg.api_key = key;
+    const char *model_path = NULL;
+    const int rc = parse_args(argc, argv, &cfg, &model_path);
+    if (rc >= 0)
+        return rc;
+    cfg.model_path = cli_model_path(model_path);
+    if (!check_config(&cfg))
+        return ZQ_EXIT_USAGE;
+    return zq_serve_run(&cfg) == 0 ? ZQ_EXIT_OK : ZQ_EXIT_FAIL;
+}
