@@ -150,18 +150,22 @@ static const zq_kernels *fastest_supported(void)
     return &zq_kernels_ref_table;
 }
 
+const zq_kernels *zq_kernels_select(const char *forced)
+{
+    const zq_kernels *fastest = fastest_supported();
+    if (!forced || !*forced || strcmp(forced, "auto") == 0)
+        return fastest;
+    const zq_kernels *k = zq_kernels_by_name(forced);
+    if (k)
+        return k;
+    ZQ_WARN("ZQ_KERNELS=%s is unknown or not supported by this CPU; using %s", forced,
+            fastest->name);
+    return fastest;
+}
+
 static void choose_once(void)
 {
-    best = fastest_supported();
-    const char *forced = getenv("ZQ_KERNELS");
-    if (forced && *forced && strcmp(forced, "auto") != 0) {
-        const zq_kernels *k = zq_kernels_by_name(forced);
-        if (k)
-            best = k;
-        else
-            ZQ_WARN("ZQ_KERNELS=%s is unknown or not supported by this CPU; using %s", forced,
-                    best->name);
-    }
+    best = zq_kernels_select(getenv("ZQ_KERNELS"));
     ZQ_INFO("kernels: %s", best->name);
 }
 

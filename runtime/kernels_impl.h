@@ -17,6 +17,11 @@ extern const zq_kernels zq_kernels_avx512_table;
 extern const zq_kernels zq_kernels_neon_table;
 extern const zq_kernels zq_kernels_neondot_table;
 
+/* Returns the table that zq_kernels_best() uses when ZQ_KERNELS is set to forced (NULL, "" or
+ * "auto": the fastest supported table). An unknown or unsupported name logs a warning and
+ * returns the fastest supported table. */
+const zq_kernels *zq_kernels_select(const char *forced);
+
 /* ---- tiled GEMM driver (kernels_tiled.c) --------------------------------------------------- */
 
 #define ZQ_TILE_MR_MAX 4   /* rows of A per register tile */

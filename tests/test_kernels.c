@@ -5,14 +5,12 @@
  * and can be set with ZQ_TEST_SEED.
  */
 #include "../runtime/internal.h"
-#include "../runtime/kernels.h"
+#include "../runtime/kernels_impl.h"
 #include "support/check.h"
 
 #include <float.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 /* A float GEMM element may differ from the exact sum by this fraction of sum |a_k * w_k|: a
  * few units of float rounding (6e-8) times sqrt(K) for K up to 3072, with margin. */
@@ -247,6 +245,9 @@ static void quantize_variant(const zq_kernels *k)
             x[i] = (float)(i % 255 - 127) + (i % 3 == 0 ? 0.5f : 0.0f);
         x[0] = 127.0f;
         check_quantized(k, x, K, "ties");
+        fill_f32(x, (size_t)K);
+        x[K / 3] = NAN; /* skipped by the max, quantized to -127 */
+        check_quantized(k, x, K, "nan among random");
         memset(x, 0, (size_t)K * sizeof *x);
         check_quantized(k, x, K, "zeros");
         x[K - 1] = 1e-38f;
@@ -444,60 +445,32 @@ static void test_dispatch_names(void)
     }
 }
 
-/* Returns the name zq_kernels_best() picks in a fresh process with ZQ_KERNELS=value, written
- * to name (or "" if the child failed). The choice is cached per process, so the child re-runs
- * this program with --print-best instead of forking a copy whose cache may be filled. */
-static void best_with_env(const char *value, char *name, size_t cap)
+static void test_dispatch_override(void)
 {
-    int fds[2];
-    name[0] = 0;
-    if (pipe(fds) != 0)
-        return;
-    fflush(stdout);
-    const pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], STDOUT_FILENO);
-        setenv("ZQ_KERNELS", value, 1);
-        execl("/proc/self/exe", "test_kernels", "--print-best", (char *)NULL);
-        _exit(127);
+    const zq_kernels *fastest = zq_kernels_select(NULL);
+    CHECK(zq_kernels_select("ref") == zq_kernels_ref(), "ZQ_KERNELS=ref not honoured");
+    CHECK(zq_kernels_select("") == fastest, "empty ZQ_KERNELS is not the fastest table");
+    CHECK(zq_kernels_select("auto") == fastest, "ZQ_KERNELS=auto is not the fastest table");
+    zq_log_set_level(ZQ_LOG_ERROR); /* the next call warns on purpose */
+    CHECK(zq_kernels_select("no-such-isa") == fastest, "unknown name did not fall back");
+    zq_log_set_level(ZQ_LOG_WARN);
+    for (size_t i = 0; i < sizeof variant_names / sizeof variant_names[0]; i++) {
+        const zq_kernels *k = zq_kernels_by_name(variant_names[i]);
+        if (k)
+            CHECK(zq_kernels_select(variant_names[i]) == k, "ZQ_KERNELS=%s not honoured",
+                  variant_names[i]);
     }
-    close(fds[1]);
-    ssize_t n = pid > 0 ? read(fds[0], name, cap - 1) : -1;
-    name[n > 0 ? n : 0] = 0;
-    close(fds[0]);
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
 }
 
-static void test_dispatch_env_override(void)
+int main(void)
 {
-    char name[64];
-    best_with_env("ref", name, sizeof name);
-    CHECK(strcmp(name, "ref") == 0, "ZQ_KERNELS=ref chose '%s'", name);
-
-    char unforced[64];
-    best_with_env("auto", unforced, sizeof unforced);
-    CHECK(unforced[0] != 0, "ZQ_KERNELS=auto chose nothing");
-    best_with_env("no-such-isa", name, sizeof name);
-    CHECK(strcmp(name, unforced) == 0, "ZQ_KERNELS=no-such-isa chose '%s', want '%s'", name,
-          unforced);
-}
-
-int main(int argc, char **argv)
-{
-    if (argc > 1 && strcmp(argv[1], "--print-best") == 0) {
-        zq_log_set_level(ZQ_LOG_ERROR); /* the unknown-name warning is expected */
-        fputs(zq_kernels_best()->name, stdout);
-        return 0;
-    }
     const char *env = getenv("ZQ_TEST_SEED");
     const uint64_t seed = env && *env ? strtoull(env, NULL, 0) : 20240611;
     rng_state = seed;
     printf("# test_kernels seed %llu (set ZQ_TEST_SEED to repeat)\n", (unsigned long long)seed);
 
     ZQ_RUN(test_dispatch_names);
-    ZQ_RUN(test_dispatch_env_override);
+    ZQ_RUN(test_dispatch_override);
     ZQ_RUN(test_gemm_s8_random);
     ZQ_RUN(test_gemm_s8_extremes);
     ZQ_RUN(test_quantize_ref_bounds);
