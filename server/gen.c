@@ -69,6 +69,8 @@ static zq_job *cached_job(zq_server *srv, zq_http_req *req, const char *key)
         return NULL;
     }
     zq_metrics_cache(srv->metrics, true);
+    if (hit.output_masked)
+        zq_metrics_filter_hit(srv->metrics, false);
     zq_job *job = zq_job_create_done(hit.text, hit.n_tokens, hit.finish);
     zq_cached_reply_free(&hit);
     if (job)

@@ -66,6 +66,8 @@ static void release_slot(zq_sched *s, slot *sl, zq_finish finish, const char *er
     if (finish == ZQ_FINISH_CANCELLED && s->metrics)
         zq_metrics_cancelled(s->metrics);
     zq_job_finish(sl->job, finish, error);
+    if (sl->job->output_masked && s->metrics)
+        zq_metrics_filter_hit(s->metrics, false);
     zq_job_release(sl->job);
     zq_sampler_free(sl->sampler);
     sl->sampler = NULL;

@@ -176,6 +176,8 @@ static void session_redis_key(char *key, size_t cap, const char *id)
 
 static bool load_redis(zq_sessions *s, const char *id, zq_history *out)
 {
+    out->turns = NULL;
+    out->n_turns = 0;
     char key[ZQ_SESSION_ID_MAX + 32], *json = NULL;
     session_redis_key(key, sizeof key, id);
     if (!zq_redis_get(s->redis, key, &json))
