@@ -18,6 +18,7 @@ static const command commands[] = {
     {"run", zq_cmd_run, "reply to one prompt and print the reply"},
     {"chat", zq_cmd_chat, "interactive chat (one user turn per input line)"},
     {"tokenize", zq_cmd_tokenize, "print the token ids (or strings) of a text"},
+    {"serve", zq_cmd_serve, "HTTP chat server with batching, sessions and an OpenAI API"},
 };
 
 static void usage(FILE *out)
