@@ -95,6 +95,18 @@ static ALWAYS_INLINE void s8_tail(int mr, int nr, const int8_t *const *a, const 
     s8_step(mr, nr, ap, wp, 0, acc);
 }
 
+/* Decode streams each weight row once, in tiles of nr short rows (a few KB), too short for
+ * the hardware prefetcher to ramp up. While a tile runs, this fetches the next tile's rows,
+ * which follow in memory when rows are contiguous: each step of `step` columns prefetches the
+ * next nr * step bytes, so the whole next tile is requested by the end of this one. Prefetches
+ * past the matrix, or of repeated edge rows, do no harm. */
+static ALWAYS_INLINE void prefetch_next_rows(int nr, const int8_t *const *w, int k, int step)
+{
+    const int8_t *next = w[nr - 1] + (w[1] - w[0]) + (size_t)k * nr;
+    for (int line = 0; line < nr * step; line += 64)
+        _mm_prefetch((const char *)(next + line), _MM_HINT_T0);
+}
+
 static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const void *const *wv,
                                   int K, void *out)
 {
@@ -107,11 +119,8 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        if (mr == 1 && (k & 63) == 0) { /* decode: one prefetch per line of each weight row */
-#pragma GCC unroll 8
-            for (int j = 0; j < nr; j++)
-                _mm_prefetch((const char *)(w[j] + k + 512), _MM_HINT_T0);
-        }
+        if (mr == 1)
+            prefetch_next_rows(nr, w, k, 32);
         s8_step(mr, nr, a, w, (size_t)k, acc);
     }
     if (k < K)

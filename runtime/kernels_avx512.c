@@ -4,10 +4,11 @@
  * XCR0 shows that the OS saves the opmask and ZMM state).
  *
  * int8: vpdpbusd multiplies unsigned by signed bytes and adds groups of four products straight
- * into int32 without an int16 stage, so the only issue is the unsigned first operand. As in the
- * AVX2 file, |a| goes there and w takes the sign of a (AVX-512 has no vpsignb, so a masked
- * subtract negates w where a < 0; where a = 0, |a| = 0 hides w). With both operands in
- * [-127, 127] every product is exact and four of them sum to at most 64516.
+ * into int32 without an int16 stage, so nothing saturates; the only issue is the unsigned
+ * first operand. The tiles shift a to a + 128 (an XOR of the sign bit) and subtract
+ * 128 * sum(w), which a second vpdpbusd against ones accumulates per weight row. This costs
+ * one extra vpdpbusd per weight vector, shared by all rows of A in the tile, where the sign
+ * trick of the AVX2 file would cost a masked negation per product (AVX-512 has no vpsignb).
  *
  * K tails use masked loads, which never fault on the masked-off bytes, so there are no scalar
  * tails and no padded copies.
@@ -21,30 +22,73 @@
 #define TILE_NR_MAX 8
 #define GEMM_NB 64 /* rows of W per cache block */
 
+/* ---- horizontal sums ------------------------------------------------------------------- */
+
+/* Returns a vector whose lane i is the sum of the lanes of v[i]: each ZMM is folded to a YMM,
+ * then three rounds of hadd and one cross-lane add finish all eight at once, far fewer
+ * instructions than eight separate reductions. */
+static ALWAYS_INLINE __m256i hsum8_epi32(const __m512i v[8])
+{
+    __m256i h[8];
+    for (int i = 0; i < 8; i++)
+        h[i] = _mm256_add_epi32(_mm512_castsi512_si256(v[i]), _mm512_extracti64x4_epi64(v[i], 1));
+    const __m256i t0 = _mm256_hadd_epi32(h[0], h[1]), t1 = _mm256_hadd_epi32(h[2], h[3]);
+    const __m256i t2 = _mm256_hadd_epi32(h[4], h[5]), t3 = _mm256_hadd_epi32(h[6], h[7]);
+    const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/* Float version of hsum8_epi32. Every lane goes through the same sequence of adds, so its
+ * result does not depend on its position, which keeps tiles of all shapes consistent. */
+static ALWAYS_INLINE __m256 hsum8_ps(const __m512 v[8])
+{
+    __m256 h[8];
+    for (int i = 0; i < 8; i++)
+        h[i] = _mm256_add_ps(_mm512_castps512_ps256(v[i]),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[i]), 1)));
+    const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+    const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 /* ---- int8 tiles -------------------------------------------------------------------------- */
 
-/* acc[m][j] += dot of the bytes of a[m] and w[j] at [k, k + 64) that kmask selects. */
+/* acc[m][j] += dot(a[m] + 128, w[j]) and wsum[j] += sum(w[j]) over the bytes at [k, k + 64)
+ * that kmask selects. Masked-off bytes load as zero in both a and w, so they add nothing. */
 static ALWAYS_INLINE void s8_step(int mr, int nr, const int8_t *const *a, const int8_t *const *w,
                                   size_t k, __mmask64 kmask, int full,
-                                  __m512i acc[ZQ_TILE_MR_MAX][TILE_NR_MAX])
+                                  __m512i acc[ZQ_TILE_MR_MAX][TILE_NR_MAX], __m512i wsum[TILE_NR_MAX])
 {
-    __m512i ua[ZQ_TILE_MR_MAX];
-    __mmask64 neg[ZQ_TILE_MR_MAX];
+    const __m512i bias = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
+    __m512i au[ZQ_TILE_MR_MAX];
 #pragma GCC unroll 4
     for (int m = 0; m < mr; m++) {
         __m512i av = full ? _mm512_loadu_si512(a[m] + k) : _mm512_maskz_loadu_epi8(kmask, a[m] + k);
-        ua[m] = _mm512_abs_epi8(av);
-        neg[m] = _mm512_movepi8_mask(av);
+        au[m] = _mm512_xor_si512(av, bias); /* a + 128 as an unsigned byte */
     }
 #pragma GCC unroll 8
     for (int j = 0; j < nr; j++) {
         __m512i wv = full ? _mm512_loadu_si512(w[j] + k) : _mm512_maskz_loadu_epi8(kmask, w[j] + k);
+        wsum[j] = _mm512_dpbusd_epi32(wsum[j], ones, wv);
 #pragma GCC unroll 4
-        for (int m = 0; m < mr; m++) {
-            __m512i sw = _mm512_mask_sub_epi8(wv, neg[m], _mm512_setzero_si512(), wv);
-            acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], ua[m], sw);
-        }
+        for (int m = 0; m < mr; m++)
+            acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], au[m], wv);
     }
+}
+
+/* Decode streams each weight row once, in tiles of nr short rows (a few KB), too short for
+ * the hardware prefetcher to ramp up. While a tile runs, this fetches the next tile's rows,
+ * which follow in memory when rows are contiguous: each step of `step` columns prefetches the
+ * next nr * step bytes, so the whole next tile is requested by the end of this one. Prefetches
+ * past the matrix, or of repeated edge rows, do no harm. */
+static ALWAYS_INLINE void prefetch_next_rows(int nr, const int8_t *const *w, int k, int step)
+{
+    const int8_t *next = w[nr - 1] + (w[1] - w[0]) + (size_t)k * nr;
+    for (int line = 0; line < nr * step; line += 64)
+        _mm_prefetch((const char *)(next + line), _MM_HINT_T0);
 }
 
 static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const void *const *wv,
@@ -52,27 +96,38 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 {
     const int8_t *const *a = (const int8_t *const *)av;
     const int8_t *const *w = (const int8_t *const *)wv;
-    __m512i acc[ZQ_TILE_MR_MAX][TILE_NR_MAX];
-    for (int m = 0; m < mr; m++)
-        for (int j = 0; j < nr; j++)
+    __m512i acc[ZQ_TILE_MR_MAX][TILE_NR_MAX], wsum[TILE_NR_MAX];
+    for (int j = 0; j < nr; j++) {
+        wsum[j] = _mm512_setzero_si512();
+        for (int m = 0; m < mr; m++)
             acc[m][j] = _mm512_setzero_si512();
+    }
 
     int k = 0;
     for (; k + 64 <= K; k += 64) {
-        if (mr == 1) { /* decode: keep the next lines of each weight stream on their way */
-#pragma GCC unroll 8
-            for (int j = 0; j < nr; j++)
-                _mm_prefetch((const char *)(w[j] + k + 512), _MM_HINT_T0);
-        }
-        s8_step(mr, nr, a, w, (size_t)k, ~0ULL, 1, acc);
+        if (mr == 1)
+            prefetch_next_rows(nr, w, k, 64);
+        s8_step(mr, nr, a, w, (size_t)k, ~0ULL, 1, acc, wsum);
     }
     if (k < K)
-        s8_step(mr, nr, a, w, (size_t)k, (1ULL << (K - k)) - 1, 0, acc);
+        s8_step(mr, nr, a, w, (size_t)k, (1ULL << (K - k)) - 1, 0, acc, wsum);
 
+    /* sum((a + 128) * w) - 128 * sum(w) = sum(a * w), exact in int32 for K < 66000. */
+    int32_t sums[16], wsums[8];
+    __m512i flat[8];
+    for (int half = 0; half * 8 < mr * nr; half++) {
+        for (int i = 0; i < 8; i++) {
+            const int e = half * 8 + i;
+            flat[i] = e < mr * nr ? acc[e / nr][e % nr] : _mm512_setzero_si512();
+        }
+        _mm256_storeu_si256((__m256i *)(sums + half * 8), hsum8_epi32(flat));
+    }
+    for (int j = 0; j < 8; j++)
+        flat[j] = j < nr ? wsum[j] : _mm512_setzero_si512();
+    _mm256_storeu_si256((__m256i *)wsums, hsum8_epi32(flat));
     int32_t *c = out;
-    for (int m = 0; m < mr; m++)
-        for (int j = 0; j < nr; j++)
-            c[m * nr + j] = _mm512_reduce_add_epi32(acc[m][j]);
+    for (int i = 0; i < mr * nr; i++)
+        c[i] = sums[i] - 128 * wsums[i % nr];
 }
 
 /* ---- f32 and f16 tiles ------------------------------------------------------------------- */
@@ -116,11 +171,15 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
     if (k < K)
         float_step(mr, nr, a, w, f16, (size_t)k, (__mmask16)((1u << (K - k)) - 1), acc);
 
-    /* The same reduction sequence for every element keeps results independent of the tile. */
     float *c = out;
-    for (int m = 0; m < mr; m++)
-        for (int j = 0; j < nr; j++)
-            c[m * nr + j] = _mm512_reduce_add_ps(acc[m][j]);
+    for (int half = 0; half * 8 < mr * nr; half++) {
+        __m512 flat[8];
+        for (int i = 0; i < 8; i++) {
+            const int e = half * 8 + i;
+            flat[i] = e < mr * nr ? acc[e / nr][e % nr] : _mm512_setzero_ps();
+        }
+        _mm256_storeu_ps(c + half * 8, hsum8_ps(flat));
+    }
 }
 
 /* One instance per tile shape, so that mr and nr are constants and the accumulators stay in

@@ -4,7 +4,6 @@
  */
 #include "kernels_impl.h"
 
-#include <string.h>
 
 /* Computes rows [m0, m0 + mr) of C against W rows [n0, n1). An edge tile repeats the last W
  * row and drops the extra results, so every call runs a full tile shape. */
@@ -21,10 +20,11 @@ static void gemm_panel(const zq_tile_set *tiles, int m0, int mr, int n0, int n1,
             w[j] = W + (size_t)(n + j < n1 ? n + j : n1 - 1) * ldw;
         uint32_t out[ZQ_TILE_OUT_MAX];
         tiles->tile[mr](a, w, K, out);
+        const int n_valid = n1 - n < nr ? n1 - n : nr;
         for (int m = 0; m < mr; m++) {
-            const int n_valid = n1 - n < nr ? n1 - n : nr;
-            memcpy(C + ((size_t)(m0 + m) * ldc + (size_t)n) * 4, &out[m * nr],
-                   (size_t)n_valid * 4);
+            uint32_t *c = (uint32_t *)(void *)(C + ((size_t)(m0 + m) * ldc + (size_t)n) * 4);
+            for (int j = 0; j < n_valid; j++)
+                c[j] = out[m * nr + j];
         }
     }
 }

@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 #include "kernels.h"
+#include "linear_dnnl.h"
 
 #include <assert.h>
 #include <string.h>
@@ -219,6 +220,9 @@ void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const
         job.M = M - m0 < s->max_m ? M - m0 : s->max_m;
         job.x = x + (size_t)m0 * w->cols;
         job.y = y + (size_t)m0 * w->rows;
+        if (zq_linear_dnnl_wanted(w, job.M, n_threads) &&
+            zq_linear_dnnl(w, bias, job.x, job.M, job.y, s, n_threads))
+            continue;
         linear_run(&job, n_threads);
     }
 }

@@ -5,6 +5,7 @@
  */
 #include "../runtime/internal.h"
 #include "../runtime/kernels.h"
+#include "../runtime/linear_dnnl.h"
 #include "support/check.h"
 
 #include <stdint.h>
@@ -163,15 +164,30 @@ static double q8_scale(const test_weights *t, int n, int k)
 /* Checks an int8 linear two ways. Against the double sum of its own quantized operands it must
  * agree to float rounding. Against the f32 weights and activations it must stay within the
  * worst-case quantization error: |x| dw + |w| dx + dx dw per term, with dx, dw half a step. */
-static void check_q8_linear(const char *what, const test_weights *t, const float *bias,
-                            const float *x, int M, const float *y)
+/* Quantizes a row to [-act_max, act_max] the way zq_linear does: scale = max|x| / act_max,
+ * q = round half to even of x * (1 / scale). */
+static void quantize_activations(const float *x, int K, int act_max, int8_t *q, float *scale)
+{
+    float amax = 0;
+    for (int k = 0; k < K; k++)
+        amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+    *scale = amax >= 1e-30f ? amax / (float)act_max : 0.0f;
+    const float inv = *scale > 0 ? 1.0f / *scale : 0.0f;
+    for (int k = 0; k < K; k++) {
+        const float r = nearbyintf(x[k] * inv);
+        q[k] = (int8_t)(r > act_max ? act_max : r < -act_max ? -act_max : r);
+    }
+}
+
+static void check_q8_linear_bits(const char *what, const test_weights *t, const float *bias,
+                                 const float *x, int M, const float *y, int act_max)
 {
     int8_t *qx = malloc((size_t)t->cols);
     int bad = 0;
     for (int m = 0; m < M && !bad; m++) {
         float x_scale;
         const float *xr = x + (size_t)m * t->cols;
-        zq_kernels_ref()->quantize_row_s8(xr, t->cols, qx, &x_scale);
+        quantize_activations(xr, t->cols, act_max, qx, &x_scale);
         for (int n = 0; n < t->rows && !bad; n++) {
             const double b = bias ? bias[n] : 0;
             double from_q = b, from_f = b, mag = fabs(b), bound = 0;
@@ -197,6 +213,13 @@ static void check_q8_linear(const char *what, const test_weights *t, const float
         }
     }
     free(qx);
+}
+
+/* Checks the output of ZQ's own int8 path, which quantizes activations to [-127, 127]. */
+static void check_q8_linear(const char *what, const test_weights *t, const float *bias,
+                            const float *x, int M, const float *y)
+{
+    check_q8_linear_bits(what, t, bias, x, M, y, 127);
 }
 
 static void test_linear_q8_row_scales(void)
@@ -378,6 +401,157 @@ static void test_linear_scratch_errors(void)
     zq_linear_scratch_free(NULL);
 }
 
+/* ---- oneDNN path -------------------------------------------------------------------------- */
+
+/* Runs zq_linear with the oneDNN path forced on, then restores ZQ's own path. */
+static float *run_dnnl(const zq_weight *w, const float *bias, const float *x, int M, int threads)
+{
+    zq_linear_set_dnnl(ZQ_DNNL_ON);
+    float *y = run_linear(zq_kernels_best(), w, bias, x, M, M, threads);
+    zq_linear_set_dnnl(ZQ_DNNL_OFF);
+    return y;
+}
+
+/* The test's activation quantizer must be the kernels' one, or the checks below prove
+ * nothing about the oneDNN path. */
+static void test_linear_quantizer_matches_kernels(void)
+{
+    const int K = 300;
+    float *x = random_floats(K, 5.0f);
+    int8_t q1[300], q2[300];
+    float s1, s2;
+    quantize_activations(x, K, 127, q1, &s1);
+    zq_kernels_best()->quantize_row_s8(x, K, q2, &s2);
+    CHECK(s1 == s2, "scale %.9g vs kernels %.9g", s1, s2);
+    CHECK(memcmp(q1, q2, K) == 0, "test quantizer differs from quantize_row_s8");
+    zq_aligned_free(x);
+}
+
+/* oneDNN's outputs against the double sum of its quantized operands and against f32. */
+static void test_linear_dnnl_accuracy(void)
+{
+    if (!zq_linear_dnnl_available()) {
+        printf("# oneDNN path not built; skipped\n");
+        return;
+    }
+    const int act_max = zq_linear_dnnl_activation_max();
+    printf("# oneDNN activations quantized to [-%d, %d]\n", act_max, act_max);
+    static const int shapes[][3] = {{1, 70, 45}, {3, 33, 768}, {17, 100, 67}, {70, 48, 3072}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
+        test_weights t;
+        make_weights(&t, N, K, 0, 0);
+        float *x = random_floats((size_t)M * K, 3.0f), *bias = random_floats(N, 1.0f);
+        float *y = run_dnnl(&t.w_q8, bias, x, M, 2);
+        char what[64];
+        snprintf(what, sizeof what, "oneDNN M=%d N=%d K=%d", M, N, K);
+        check_q8_linear_bits(what, &t, bias, x, M, y, act_max);
+        zq_aligned_free(y);
+        zq_aligned_free(x);
+        zq_aligned_free(bias);
+        free_weights(&t);
+    }
+}
+
+/* Weights of +-127 and activations at +-max make every product extreme: the case where
+ * oneDNN's AVX2 kernels saturate int16 pair sums unless activations have 7 bits. */
+static void test_linear_dnnl_extremes(void)
+{
+    if (!zq_linear_dnnl_available())
+        return;
+    const int act_max = zq_linear_dnnl_activation_max();
+    static const int ks[] = {2, 33, 768, 3072};
+    const int M = 3, N = 4;
+    for (size_t ik = 0; ik < sizeof ks / sizeof ks[0]; ik++) {
+        const int K = ks[ik];
+        int8_t *W = zq_aligned_alloc((size_t)N * K);
+        float scales[4] = {1, 1, 1, 1}, *x = zq_aligned_alloc((size_t)M * K * sizeof *x);
+        for (int k = 0; k < K; k++) {
+            W[k] = 127;                               /* row 0: all +127 */
+            W[K + k] = -127;                          /* row 1: all -127 */
+            W[2 * K + k] = (int8_t)(k & 1 ? -127 : 127); /* row 2: alternating */
+            W[3 * K + k] = (int8_t)(k & 2 ? -127 : 127); /* row 3: pairs of each sign */
+            x[k] = 1.0f;                              /* token 0: all +max */
+            x[K + k] = -1.0f;                         /* token 1: all -max */
+            x[2 * K + k] = k & 1 ? -1.0f : 1.0f;      /* token 2: alternating */
+        }
+        const zq_weight w = {ZQ_TYPE_Q8, N, K, 0, W, scales};
+        float *y = run_dnnl(&w, NULL, x, M, 1);
+        for (int m = 0; m < M; m++) {
+            for (int n = 0; n < N; n++) {
+                long long acc = 0;
+                for (int k = 0; k < K; k++)
+                    acc += (long long)(x[(size_t)m * K + k] > 0 ? act_max : -act_max) *
+                           W[(size_t)n * K + k];
+                const double want = (double)acc / act_max;
+                CHECK_NEAR(y[m * N + n], want, fabs(want) * 1e-6 + 1e-6);
+            }
+        }
+        zq_aligned_free(y);
+        zq_aligned_free(W);
+        zq_aligned_free(x);
+    }
+}
+
+/* Both paths against each other: equal within float rounding where oneDNN quantizes
+ * activations to 8 bits like ZQ's kernels, within the sum of both quantization error bounds
+ * where it uses 7 bits. */
+static void test_linear_dnnl_matches_own_path(void)
+{
+    if (!zq_linear_dnnl_available())
+        return;
+    const int act_max = zq_linear_dnnl_activation_max();
+    const int M = 40, N = 96, K = 768;
+    test_weights t;
+    make_weights(&t, N, K, 0, 0);
+    float *x = random_floats((size_t)M * K, 3.0f), *bias = random_floats(N, 1.0f);
+    float *own = run_linear(zq_kernels_best(), &t.w_q8, bias, x, M, M, 2);
+    float *dnnl = run_dnnl(&t.w_q8, bias, x, M, 2);
+    double worst = 0;
+    for (int m = 0; m < M; m++) {
+        float amax = 0;
+        for (int k = 0; k < K; k++)
+            amax = fmaxf(amax, fabsf(x[(size_t)m * K + k]));
+        for (int n = 0; n < N; n++) {
+            double mag = fabs(bias[n]), bound = 0;
+            for (int k = 0; k < K; k++) {
+                const double xv = x[(size_t)m * K + k], wv = t.f32[(size_t)n * K + k];
+                mag += fabs(xv * wv);
+                bound += fabs(wv) * (amax / 127.0 + amax / act_max) / 2;
+            }
+            const double tol = act_max == 127 ? Q8_RESCALE_REL_TOL * mag : bound;
+            const double d = fabs((double)own[m * N + n] - dnnl[m * N + n]);
+            worst = d / (tol + 1e-30) > worst ? d / (tol + 1e-30) : worst;
+            CHECK(d <= tol, "y[%d][%d]: own %.9g, oneDNN %.9g, tolerance %.3g", m, n,
+                  own[m * N + n], dnnl[m * N + n], tol);
+        }
+    }
+    printf("# oneDNN vs own path: worst difference %.3g of the tolerance\n", worst);
+    zq_aligned_free(own);
+    zq_aligned_free(dnnl);
+    zq_aligned_free(x);
+    zq_aligned_free(bias);
+    free_weights(&t);
+}
+
+static void test_linear_dnnl_threads_bit_identical(void)
+{
+    if (!zq_linear_dnnl_available())
+        return;
+    const int M = 33, N = 200, K = 768;
+    test_weights t;
+    make_weights(&t, N, K, 0, 0);
+    float *x = random_floats((size_t)M * K, 2.0f), *bias = random_floats(N, 1.0f);
+    float *y1 = run_dnnl(&t.w_q8, bias, x, M, 1);
+    float *y2 = run_dnnl(&t.w_q8, bias, x, M, 2);
+    CHECK(memcmp(y1, y2, (size_t)M * N * sizeof *y1) == 0, "oneDNN: 2 threads differ from 1");
+    zq_aligned_free(y1);
+    zq_aligned_free(y2);
+    zq_aligned_free(x);
+    zq_aligned_free(bias);
+    free_weights(&t);
+}
+
 int main(void)
 {
     const char *env = getenv("ZQ_TEST_SEED");
@@ -386,6 +560,8 @@ int main(void)
     printf("# test_linear seed %llu (set ZQ_TEST_SEED to repeat), kernels %s\n",
            (unsigned long long)seed, zq_kernels_best()->name);
 
+    /* ZQ's own kernels unless a test asks for oneDNN, whatever ZQ_DNNL says. */
+    zq_linear_set_dnnl(ZQ_DNNL_OFF);
     ZQ_RUN(test_linear_scratch_errors);
     ZQ_RUN(test_linear_float);
     ZQ_RUN(test_linear_q8_row_scales);
@@ -394,5 +570,10 @@ int main(void)
     ZQ_RUN(test_linear_group_beats_rows_on_outliers);
     ZQ_RUN(test_linear_threads_bit_identical);
     ZQ_RUN(test_linear_q8_same_across_kernels_and_chunks);
+    ZQ_RUN(test_linear_quantizer_matches_kernels);
+    ZQ_RUN(test_linear_dnnl_accuracy);
+    ZQ_RUN(test_linear_dnnl_extremes);
+    ZQ_RUN(test_linear_dnnl_matches_own_path);
+    ZQ_RUN(test_linear_dnnl_threads_bit_identical);
     ZQ_CHECK_EXIT();
 }
