@@ -55,6 +55,7 @@ static void help(const zq_serve_config *d)
            "  --no-access-log          no access-log lines on stderr\n"
            "  --step-delay-ms N        sleep N ms after each decoding step (for tests)\n"
            "Defaults for requests that do not set them:\n" CLI_GEN_HELP
+           "  Without --seed, a request that sends no seed gets a random one.\n"
            "  -v, --verbose            more library log output on stderr (repeatable)\n"
            "  -h, --help               show this help\n",
            d->host, d->port, d->parallel, d->queue, d->history, d->session_ttl,
@@ -172,6 +173,10 @@ static int parse_args(int argc, char **argv, zq_serve_config *cfg, const char **
             verbosity++;
         else if (c == 'h')
             return help(cfg), ZQ_EXIT_OK;
+        else if (c == CLI_OPT_SEED && cli_gen_option(CMD, c, optarg, &gen) == 1)
+            cfg->limits.fixed_seed = true;
+        else if (c == CLI_OPT_SEED)
+            return ZQ_EXIT_USAGE;
         else if (c >= CLI_OPT_FIRST_FREE && c < CLI_OPT_FIRST_FREE + n_opts) {
             if (!apply_option(&opts[c - CLI_OPT_FIRST_FREE], optarg))
                 return ZQ_EXIT_USAGE;

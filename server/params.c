@@ -157,10 +157,11 @@ static bool parse_sampling(const cJSON *obj, const char *max_tokens_name,
     out->max_new_tokens_given = max_new > 0;
     out->max_new_tokens = max_new > 0 ? (int)max_new : limits->default_max_new_tokens;
     sp->top_k = (int)top_k;
-    out->seed_given = seed >= 0;
-    if (out->seed_given) {
+    out->seed_given = seed >= 0 || limits->fixed_seed;
+    if (seed >= 0) {
         sp->seed = (uint64_t)seed;
-    } else if (getrandom(&sp->seed, sizeof sp->seed, 0) != (ssize_t)sizeof sp->seed) {
+    } else if (!limits->fixed_seed &&
+               getrandom(&sp->seed, sizeof sp->seed, 0) != (ssize_t)sizeof sp->seed) {
         return fail(err, "cannot draw a random seed; pass \"seed\"");
     }
     return true;

@@ -17,6 +17,7 @@ typedef struct {
     int max_new_tokens_cap;     /* upper bound for max_new_tokens / max_tokens */
     int default_max_new_tokens; /* used when a request does not set it */
     zq_sampler_params sampling; /* defaults for fields a request does not set */
+    bool fixed_seed; /* requests without a seed use sampling.seed, else a random one */
 } zq_request_limits;
 
 /* A parsed generation request of either API. */

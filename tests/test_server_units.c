@@ -177,6 +177,15 @@ static void test_chat_body_defaults(void)
     CHECK(zq_gen_request_deterministic(&r), "greedy is deterministic");
     zq_gen_request_free(&r);
 
+    zq_request_limits fixed = test_limits();
+    fixed.fixed_seed = true;
+    fixed.sampling.seed = 5;
+    const char *plain = "{\"prompt\":\"hi\"}";
+    CHECK(zq_parse_chat_body(plain, strlen(plain), &fixed, &r, &err), "%s", err.message);
+    CHECK_EQ_INT(r.sampling.seed, 5);
+    CHECK(zq_gen_request_deterministic(&r), "the server's --seed makes requests deterministic");
+    zq_gen_request_free(&r);
+
     CHECK(parse_chat("{\"reset\":true,\"session_id\":\"abc\"}", &r, &err), "%s", err.message);
     CHECK(r.reset, "reset");
     CHECK_EQ_INT(r.n_turns, 0);

@@ -1,11 +1,12 @@
 #!/bin/sh
-# End-to-end checks of `zq serve` over real HTTP on loopback with curl and jq: both chat
-# APIs, SSE framing, sessions, every rejected input, authentication, batching against
-# requests run alone, the response cache, the word filter, metrics, the access log, a full
-# queue, clients that disconnect, and graceful shutdown. Each server listens on a free port
-# (--port 0, read back from its log) and is killed on exit. Waits poll the server's state
-# (health, metrics) with a bound instead of sleeping for a fixed time. Prints one PASS/FAIL
-# line per check; exits 1 if any failed.
+# End-to-end checks of `zq serve` over real HTTP on loopback with curl and jq. They cover
+# both chat APIs, SSE framing, sessions, every rejected input and authentication. They
+# compare batched requests with the same requests run alone, and check the response cache,
+# the word filter, metrics, the access log, a full queue, clients that disconnect, and
+# graceful shutdown. Each server listens on a free port (--port 0, read back from its log)
+# and is killed on exit. Waits poll the server's state (health, metrics) with a bound
+# instead of sleeping for a fixed time. Prints one PASS/FAIL line per check; exits 1 if
+# any failed.
 set -u
 ZQ=${ZQ_BIN:-build/zq}
 MODEL=${ZQ_SERVE_MODEL:-${ZQ_BUILD:-build}/zh-chat-tiny.zq}
@@ -47,8 +48,8 @@ if [ ! -x "$ZQ" ] || [ ! -f "$MODEL" ]; then
     exit 1
 fi
 
-# start_server NAME ARGS...: starts zq serve on a free port and waits until /health says
-# ok. Sets last_url and last_pid; the log is $tmp/NAME.log.
+# start_server NAME ARGS...: starts zq serve on a free port and waits until /health
+# reports ok. Sets last_url and last_pid; the log is $tmp/NAME.log.
 start_server() {
     name=$1
     shift
