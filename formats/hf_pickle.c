@@ -18,6 +18,9 @@
 
 #define MAX_STACK ((size_t)1 << 20)
 #define MAX_MEMO ((size_t)1 << 20)
+/* A state dict makes about 15 values per tensor, so this allows some 17,000 tensors while
+ * keeping a hostile pickle (one that builds tuples forever) under about 100 MB. */
+#define MAX_VALUES ((size_t)1 << 18)
 
 typedef enum {
     V_NONE,
@@ -88,12 +91,16 @@ static zq_status fail_at(const vm *m, zq_status status, const char *what)
 
 static zq_status no_memory(const vm *m)
 {
+    if (m->n_all >= MAX_VALUES)
+        return fail_at(m, ZQ_ERR_UNSUPPORTED, "the pickle builds too many objects for a state "
+                                              "dict");
     return zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", m->path);
 }
 
+/* Returns a new value, or NULL when memory or the MAX_VALUES budget runs out. */
 static value *new_value(vm *m, value_kind kind)
 {
-    if (!grow(&m->all, &m->all_cap, m->n_all + 1, sizeof *m->all))
+    if (m->n_all >= MAX_VALUES || !grow(&m->all, &m->all_cap, m->n_all + 1, sizeof *m->all))
         return NULL;
     value *v = calloc(1, sizeof *v);
     if (v) {
@@ -474,6 +481,8 @@ static zq_status op_build(vm *m)
 
 static zq_status op_mark(vm *m)
 {
+    if (m->n_marks >= MAX_STACK)
+        return fail_at(m, ZQ_ERR_FORMAT, "too many pickle MARKs");
     if (!grow(&m->marks, &m->marks_cap, m->n_marks + 1, sizeof *m->marks))
         return no_memory(m);
     m->marks[m->n_marks++] = m->sp;

@@ -1040,6 +1040,50 @@ static void hf_pickle_survives_damage(void)
     free(pickle);
 }
 
+/* Hostile pickles hit a limit instead of exhausting memory. */
+static void hf_pickle_limits(void)
+{
+    const size_t n = 400000;
+    uint8_t *p = malloc(n);
+    zq_torch_tensor *list = NULL;
+    int32_t count = 0;
+
+    /* None wrapped in a one-tuple, again and again. */
+    memset(p, 0x85, n);
+    memcpy(p, "\x80\x02N", 3);
+    p[n - 1] = '.';
+    CHECK(zq_pickle_read_state_dict("nested", p, n, &list, &count) == ZQ_ERR_UNSUPPORTED, "%s",
+          zq_last_error());
+    CHECK(strstr(zq_last_error(), "too many objects") != NULL, "%s", zq_last_error());
+
+    memset(p, '(', n);
+    memcpy(p, "\x80\x02", 2);
+    CHECK(zq_pickle_read_state_dict("marks", p, n, &list, &count) == ZQ_ERR_FORMAT, "%s",
+          zq_last_error());
+
+    /* BINGET of one memo entry pushes without making values, so the stack limit stops it. */
+    const size_t n_get = 2 * 1100000 + 8;
+    uint8_t *gets = malloc(n_get);
+    memcpy(gets, "\x80\x02Nq\x00", 5);
+    for (size_t i = 5; i + 2 <= n_get; i += 2)
+        memcpy(gets + i, "h\x00", 2);
+    CHECK(zq_pickle_read_state_dict("stack", gets, n_get, &list, &count) == ZQ_ERR_FORMAT, "%s",
+          zq_last_error());
+    CHECK(strstr(zq_last_error(), "stack too deep") != NULL, "%s", zq_last_error());
+    free(gets);
+
+    /* A memo index past the limit, and a BINGET of an index never stored. */
+    const uint8_t put[] = {0x80, 2, '}', 'r', 0xff, 0xff, 0xff, 0x7f, '.'};
+    CHECK(zq_pickle_read_state_dict("memo", put, sizeof put, &list, &count) ==
+              ZQ_ERR_UNSUPPORTED,
+          "%s", zq_last_error());
+    const uint8_t get[] = {0x80, 2, 'h', 7, '.'};
+    CHECK(zq_pickle_read_state_dict("get", get, sizeof get, &list, &count) == ZQ_ERR_FORMAT,
+          "%s", zq_last_error());
+    CHECK(list == NULL, "list set on failure");
+    free(p);
+}
+
 int main(void)
 {
     set_paths();
@@ -1057,5 +1101,6 @@ int main(void)
     ZQ_RUN(hf_rejects_bad_torch_files);
     ZQ_RUN(hf_torch_detects_crc_damage);
     ZQ_RUN(hf_pickle_survives_damage);
+    ZQ_RUN(hf_pickle_limits);
     ZQ_CHECK_EXIT();
 }
