@@ -32,7 +32,6 @@ typedef struct {
     uint64_t data_start; /* file offset of the first tensor frame */
 } zq_input;
 
-
 static uint32_t load_u32(const uint8_t *p)
 {
     uint32_t v;
@@ -275,7 +274,7 @@ static void load_tensor_worker(const zq_input *in, const zq_file *f, const zq_fr
     ZSTD_DCtx *dctx = ZSTD_createDCtx();
     uint8_t *buf = NULL;
     size_t cap = 0;
-ZQ_OMP("omp for schedule(dynamic, 1)")
+    ZQ_OMP("omp for schedule(dynamic, 1)")
     for (int32_t k = 0; k < n; k++) {
         const int32_t i = work[k].index;
         zq_status st = dctx ? load_tensor(in, &f->tensors[i], &frames[i], dctx, &buf, &cap)
@@ -310,7 +309,7 @@ static zq_status load_tensors(const zq_input *in, zq_file *f, const zq_frame_ref
     if (n_threads > n)
         n_threads = n;
 
-ZQ_OMP("omp parallel num_threads(n_threads)")
+    ZQ_OMP("omp parallel num_threads(n_threads)")
     load_tensor_worker(in, f, frames, work, n, results);
 
     zq_status st = ZQ_OK;

@@ -90,7 +90,7 @@ static void compress_worker(const char *path, const zq_file *f, int level, frame
                             zq_frame_ref *frames, zq_worker_result *results)
 {
     ZSTD_CCtx *cctx = create_cctx(level);
-ZQ_OMP("omp for schedule(dynamic, 1)")
+    ZQ_OMP("omp for schedule(dynamic, 1)")
     for (int32_t i = 0; i < f->n_tensors; i++) {
         const zq_status st =
             cctx ? compress_tensor(path, cctx, &f->tensors[i], &bufs[i], &frames[i])
@@ -115,7 +115,7 @@ static zq_status compress_tensors(const char *path, const zq_file *f, int level,
     if (n_threads > n)
         n_threads = n > 0 ? n : 1;
 
-ZQ_OMP("omp parallel num_threads(n_threads)")
+    ZQ_OMP("omp parallel num_threads(n_threads)")
     compress_worker(path, f, level, bufs, frames, results);
 
     zq_status st = ZQ_OK;
