@@ -66,6 +66,8 @@ DEFAULT_MODEL := $(BUILD)/zh-chat-tiny.zq
 DEPS_STAMP    := $(BUILD)/.deps-ok
 
 .PHONY: all deps run test bench clean lib format
+# Keep test objects, which make would otherwise delete as intermediate files.
+.SECONDARY:
 all: $(BUILD)/zq $(BUILD)/libzq.a $(BUILD)/libzq.so $(DEFAULT_MODEL) $(TEST_BIN)
 
 # The package check runs once per build folder; delete the stamp (or `make deps`) to rerun it.

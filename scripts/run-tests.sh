@@ -3,8 +3,9 @@
 # counts the PASS and FAIL lines they print, and ends with "N passed, N failed".
 set -u
 BUILD=${BUILD:-build}
-export ZQ_BIN="$PWD/$BUILD/zq"
-export ZQ_BUILD="$PWD/$BUILD"
+case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac
+export ZQ_BIN="$BUILD/zq"
+export ZQ_BUILD="$BUILD"
 log=$(mktemp)
 status=0
 
