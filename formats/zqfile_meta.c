@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 2^53: above it a JSON number (a double) no longer holds every integer exactly. */
+/* 2^53: above it a JSON number (a double) cannot represent every integer exactly. */
 #define MAX_EXACT_INT ((int64_t)1 << 53)
 
 static const cJSON *get(const cJSON *obj, const char *key)

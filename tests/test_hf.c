@@ -289,7 +289,7 @@ static void hf_torch_drops_buffers(void)
         CHECK_EQ_INT(bias->ndim, 4);
         CHECK_EQ_INT(bias->shape[2], 64);
         CHECK_EQ_INT(bias->shape[3], 64);
-        CHECK_NEAR(bias->data[0], 1.0, 0); /* the causal mask: row 0 sees only column 0 */
+        CHECK_NEAR(bias->data[0], 1.0, 0); /* the causal mask: row 0 attends to column 0 only */
         CHECK_NEAR(bias->data[1], 0.0, 0);
     }
     const zq_hf_tensor *masked = zq_hf_find(&m, "h.1.attn.masked_bias");
