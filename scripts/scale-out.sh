@@ -31,8 +31,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$n" in '' | *[!0-9]* | 0) echo "scale-out: error: -n needs a positive integer" >&2; exit 2 ;; esac
-for tool in redis-server redis-cli nginx perl curl; do
-    command -v $tool >/dev/null || { echo "scale-out: error: $tool is not installed" >&2; exit 1; }
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+for tool in redis-server redis-cli "$NGINX" perl curl; do
+    command -v "$tool" >/dev/null || { echo "scale-out: error: $tool is not installed" >&2; exit 1; }
 done
 [ -x "$ZQ" ] || { echo "scale-out: error: $ZQ not found; run make or set ZQ_BIN" >&2; exit 1; }
 
@@ -110,7 +112,7 @@ sed -e "s|@PREFIX@|$tmp|g" -e "s|@PORT@|$port|g" "$template" |
     awk -v file="$tmp/upstreams" '
         $0 == "@UPSTREAMS@" { while ((getline line < file) > 0) print line; next }
         { print }' >"$tmp/nginx.conf"
-nginx -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" &
+"$NGINX" -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" &
 pids="$! $pids"
 wait_until "nginx on port $port" curl -sf "http://127.0.0.1:$port/health"
 echo "zq scale-out: ready at http://127.0.0.1:$port"

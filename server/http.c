@@ -63,6 +63,8 @@ enum MHD_Result zq_http_send(zq_http_req *req, int status, const char *content_t
     }
     if (status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 503)
+        MHD_add_response_header(resp, "Retry-After", "1");
     if (atomic_load(&req->srv->draining))
         MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ret = MHD_queue_response(req->conn, (unsigned)status, resp);

@@ -76,9 +76,9 @@ static bool open_stores(zq_server *srv)
     }
     srv->sessions = zq_sessions_create(cfg->history, cfg->session_ttl,
                                        (size_t)cfg->max_sessions, srv->redis);
-    if (srv->redis || cfg->cache_size > 0)
+    if (cfg->cache_size > 0)
         srv->cache = zq_cache_create((size_t)cfg->cache_size, srv->redis, cfg->cache_ttl);
-    if (!srv->sessions || ((srv->redis || cfg->cache_size > 0) && !srv->cache)) {
+    if (!srv->sessions || (cfg->cache_size > 0 && !srv->cache)) {
         ZQ_SRV_LOG_ERROR("out of memory for the session store or the cache");
         return false;
     }

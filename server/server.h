@@ -22,7 +22,7 @@ typedef struct {
     int history;            /* exchanges kept per session */
     long session_ttl;       /* seconds after last use */
     long max_sessions;      /* in-process sessions before LRU eviction */
-    long cache_size;        /* in-process cached replies; 0 = no cache */
+    long cache_size;        /* in-process cached replies; 0 = no cache, also with Redis */
     const char *cache_url;  /* redis://...: cache and sessions in Redis */
     long cache_ttl;         /* seconds a Redis cache entry lives; 0 = no expiry */
     const char *filter_words;

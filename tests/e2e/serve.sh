@@ -122,7 +122,7 @@ sse_content() {
 
 # ---- server A: no cache, for the APIs, sessions, rejections and batching ----------------
 start_server a --cache-size 0 --parallel 16 --max-body 65536 --max-prompt-chars 400 \
-    --step-delay-ms 2
+    --step-delay-ms 5
 A=$last_url
 
 req GET "$A/health"

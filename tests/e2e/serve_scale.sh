@@ -30,8 +30,8 @@ eq() {
     if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got '$2', expected '$3'"; fi
 }
 
-for tool in curl jq nginx redis-server perl; do
-    if ! command -v $tool >/dev/null; then
+for tool in curl jq redis-server perl "$(command -v nginx || echo /usr/sbin/nginx)"; do
+    if ! command -v "$tool" >/dev/null; then
         echo "FAIL serve_scale_setup: $tool is not installed (scripts/setup-deps.sh lists it)"
         exit 1
     fi
