@@ -30,11 +30,19 @@ while [ $# -gt 0 ]; do
     *) echo "scale-out: error: unknown option '$1'; run with --help" >&2; exit 2 ;;
     esac
 done
-case "$n" in '' | *[!0-9]* | 0) echo "scale-out: error: -n needs a positive integer" >&2; exit 2 ;; esac
+case "$n" in
+'' | *[!0-9]* | 0)
+    echo "scale-out: error: -n needs a positive integer, got '$n'" >&2
+    exit 2
+    ;;
+esac
 # nginx lives in /usr/sbin, which is not on every user's PATH.
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 for tool in redis-server redis-cli "$NGINX" perl curl; do
-    command -v "$tool" >/dev/null || { echo "scale-out: error: $tool is not installed" >&2; exit 1; }
+    if ! command -v "$tool" >/dev/null; then
+        echo "scale-out: error: $tool is not installed (scripts/setup-deps.sh lists it)" >&2
+        exit 1
+    fi
 done
 [ -x "$ZQ" ] || { echo "scale-out: error: $ZQ not found; run make or set ZQ_BIN" >&2; exit 1; }
 

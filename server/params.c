@@ -297,10 +297,17 @@ bool zq_parse_chat_query(zq_query_lookup lookup, void *user, const zq_request_li
         const char *name;
         field_kind kind;
     } fields[] = {
-        {"prompt", FIELD_STRING},      {"session_id", FIELD_STRING}, {"reset", FIELD_BOOL},
-        {"stream", FIELD_BOOL},        {"ignore_eos", FIELD_BOOL},   {"max_new_tokens", FIELD_NUMBER},
-        {"temperature", FIELD_NUMBER}, {"top_k", FIELD_NUMBER},      {"top_p", FIELD_NUMBER},
-        {"seed", FIELD_NUMBER},        {"repetition_penalty", FIELD_NUMBER},
+        {"prompt", FIELD_STRING},
+        {"session_id", FIELD_STRING},
+        {"reset", FIELD_BOOL},
+        {"stream", FIELD_BOOL},
+        {"ignore_eos", FIELD_BOOL},
+        {"max_new_tokens", FIELD_NUMBER},
+        {"temperature", FIELD_NUMBER},
+        {"top_k", FIELD_NUMBER},
+        {"top_p", FIELD_NUMBER},
+        {"seed", FIELD_NUMBER},
+        {"repetition_penalty", FIELD_NUMBER},
     };
     memset(out, 0, sizeof *out);
     err->message[0] = '\0';

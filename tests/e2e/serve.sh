@@ -280,8 +280,8 @@ prompts="你好 你是谁 早上好 我们走吧 这是什么 你去哪儿 我�
 晚安 你在干什么 快点 别担心 我不知道 好久不见"
 i=0
 for p in $prompts; do
-    printf '{"messages":[{"role":"user","content":"%s"}],"max_tokens":24,"temperature":0.9,"top_k":40,"seed":%d}' \
-        "$p" $((100 + i)) >"$tmp/conc$i.json"
+    printf '{"messages":[{"role":"user","content":"%s"}],"max_tokens":24,' "$p" >"$tmp/conc$i.json"
+    printf '"temperature":0.9,"top_k":40,"seed":%d}' $((100 + i)) >>"$tmp/conc$i.json"
     curl -s -H 'Content-Type: application/json' --data-binary "@$tmp/conc$i.json" \
         "$A/v1/chat/completions" | jq -j '.choices[0].message.content' >"$tmp/alone$i.txt"
     i=$((i + 1))
@@ -299,11 +299,11 @@ wait $pids
 same=0
 i=0
 while [ $i -lt 16 ]; do
-    if [ "$(jq -j '.choices[0].message.content' "$tmp/together$i.json")" = "$(cat "$tmp/alone$i.txt")" ]; then
+    together=$(jq -j '.choices[0].message.content' "$tmp/together$i.json")
+    if [ "$together" = "$(cat "$tmp/alone$i.txt")" ]; then
         same=$((same + 1))
     else
-        echo "request $i: alone '$(cat "$tmp/alone$i.txt")'," \
-            "together '$(jq -j '.choices[0].message.content' "$tmp/together$i.json")'" >&2
+        echo "request $i: alone '$(cat "$tmp/alone$i.txt")', together '$together'" >&2
     fi
     i=$((i + 1))
 done
@@ -412,7 +412,8 @@ eq filter_output_stream \
 # ---- server D: a full queue, disconnects, graceful shutdown ---------------------------------
 start_server d --parallel 1 --queue 1 --cache-size 0 --step-delay-ms 40
 D=$last_url
-long_stream='{"messages":[{"role":"user","content":"你好"}],"max_tokens":200,"ignore_eos":true,"stream":true}'
+long_stream='{"messages":[{"role":"user","content":"你好"}],"max_tokens":200,
+"ignore_eos":true,"stream":true}'
 curl -s -N -H 'Content-Type: application/json' --data-binary "$long_stream" \
     "$D/v1/chat/completions" >"$tmp/cut.sse" &
 stream_pid=$!
@@ -435,7 +436,8 @@ check disconnect_stopped_early test "$(metric "$D" zq_tokens_generated_total)" -
 
 req POST "$D/chat" '{"prompt":"你好","session_id":"half","max_new_tokens":3}'
 curl -s -N -H 'Content-Type: application/json' \
-    --data-binary '{"prompt":"再说一遍","session_id":"half","max_new_tokens":200,"ignore_eos":true,"stream":true}' \
+    --data-binary '{"prompt":"再说一遍","session_id":"half","max_new_tokens":200,
+"ignore_eos":true,"stream":true}' \
     "$D/chat" >"$tmp/half.sse" &
 half_pid=$!
 check half_turn_active wait_metric "$D" zq_requests_active 1
@@ -447,7 +449,8 @@ eq half_turn_not_stored "$(body '.exchanges | length') $(body '.exchanges[0].use
 
 # SIGTERM: the running request finishes, then the server exits 0 and stops listening.
 curl -s -o "$tmp/last.json" -H 'Content-Type: application/json' \
-    --data-binary '{"messages":[{"role":"user","content":"你好"}],"max_tokens":20,"ignore_eos":true}' \
+    --data-binary '{"messages":[{"role":"user","content":"你好"}],"max_tokens":20,
+"ignore_eos":true}' \
     "$D/v1/chat/completions" &
 last_pid_curl=$!
 check shutdown_request_active wait_metric "$D" zq_requests_active 1

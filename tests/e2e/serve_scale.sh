@@ -45,7 +45,8 @@ ZQ_BIN="$ZQ" scripts/scale-out.sh -n 2 -m "$MODEL" -- --threads 1 --parallel 2 \
     >"$tmp/out" 2>"$tmp/err" &
 script_pid=$!
 i=0
-while [ $i -lt 600 ] && ! grep -q 'ready at' "$tmp/out" 2>/dev/null && kill -0 "$script_pid" 2>/dev/null; do
+while [ $i -lt 600 ] && ! grep -q 'ready at' "$tmp/out" 2>/dev/null &&
+    kill -0 "$script_pid" 2>/dev/null; do
     sleep 0.05
     i=$((i + 1))
 done
