@@ -1,6 +1,6 @@
 /*
  * lru.c - a chained hash table whose entries are also linked in a list, most recently used
- * at the head. The table doubles when it holds more entries than buckets, so lookups stay
+ * at the head. The table doubles when it has more entries than buckets, so lookups stay
  * O(1) whatever the capacity is.
  */
 #include "lru.h"

@@ -13,7 +13,7 @@ typedef struct zq_lru zq_lru;
 /* Called when an entry's value is replaced, evicted or removed, and for each entry at free. */
 typedef void (*zq_lru_free_fn)(void *value);
 
-/* Creates a map that holds at most capacity entries (capacity >= 1) and evicts the least
+/* Creates a map that keeps at most capacity entries (capacity >= 1) and evicts the least
  * recently used entry beyond that. Returns NULL when out of memory. */
 zq_lru *zq_lru_create(size_t capacity, zq_lru_free_fn free_value);
 void zq_lru_free(zq_lru *lru);

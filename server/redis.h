@@ -17,8 +17,8 @@ typedef struct zq_redis zq_redis;
 zq_redis *zq_redis_connect(const char *url, char *err, size_t err_cap);
 void zq_redis_free(zq_redis *redis);
 
-/* Fetches key. Returns false on a connection or protocol error; otherwise true with *value
- * set to a malloc'd copy of the string, or to NULL when the key does not exist. */
+/* Fetches key. Returns false on a connection or protocol error. Otherwise returns true and
+ * sets *value to a malloc'd copy of the string, or to NULL when the key does not exist. */
 bool zq_redis_get(zq_redis *redis, const char *key, char **value);
 
 /* Stores value under key with an expiry in seconds (0 = none). Returns false on error. */

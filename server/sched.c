@@ -1,9 +1,9 @@
 /*
  * sched.c - the batching scheduler of sched.h.
  *
- * A step: (1) under the lock, move queued jobs into free slots; (2) prefill each new slot
- * with zq_context_eval and sample its first token; (3) one zq_decode_batch over every slot
- * that has a token to feed, then sample each slot. Slots whose job ends ([SEP], length,
+ * A step has three parts. Under the lock, it moves queued jobs into free slots. It prefills
+ * each new slot with zq_context_eval and samples its first token. Then one zq_decode_batch
+ * call runs over every slot that has a token to feed, and each slot is sampled. Slots whose job ends ([SEP], length,
  * cancel, error) are freed at once, so jobs join and leave between steps.
  *
  * Sampling mirrors zq_chat_reply: special tokens other than [SEP] are masked, and the

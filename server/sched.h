@@ -2,9 +2,9 @@
  * sched.h - generation jobs and the batching scheduler.
  *
  * One scheduler thread owns the model's contexts: a fixed pool of slots, one zq_context
- * each. Every step it admits queued jobs into free slots (prefill), then decodes one token
- * for all active slots with a single zq_decode_batch call and samples each slot with the
- * job's own sampler, so a reply depends only on its own request and seed. Connection
+ * each. Every step it admits queued jobs into free slots (prefill). Then it decodes one
+ * token for all active slots with a single zq_decode_batch call. Each slot is sampled with
+ * its job's own sampler, so a reply depends only on its own request and seed. Connection
  * threads submit jobs and read their text as it grows.
  */
 #ifndef ZQ_SERVER_SCHED_H

@@ -37,9 +37,9 @@ void zq_sessions_set_clock(zq_sessions *sessions, double (*now)(void));
  * Returns false when the store failed (Redis unreachable, unreadable entry). */
 bool zq_sessions_load(zq_sessions *sessions, const char *id, zq_history *out);
 
-/* Drops the oldest n_drop exchanges of id's history (those that no longer fit the context),
- * appends one exchange, and keeps at most max_exchanges; creates the session if needed.
- * Returns false when the store failed. */
+/* Drops the oldest n_drop exchanges of id's history, because they no longer fit the
+ * context. Then appends one exchange and keeps at most max_exchanges. Creates the session if
+ * needed, and returns false when the store failed. */
 bool zq_sessions_append(zq_sessions *sessions, const char *id, int n_drop, const char *user,
                         const char *reply);
 

@@ -1,8 +1,8 @@
 /*
  * stream.c - server-sent events over a libmicrohttpd callback response. In the
- * thread-per-connection mode the content reader may block, so it waits on the job for new
+ * thread-per-connection mode the content reader may block. So it waits on the job for new
  * text, formats it with the API's zq_sse_ops, and checks between waits whether the client
- * has gone; a gone client cancels the job, which frees its decoding slot at the next step.
+ * has gone. A gone client cancels the job, which frees its decoding slot at the next step.
  */
 #include "gen.h"
 
