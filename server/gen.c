@@ -129,14 +129,16 @@ zq_job *zq_gen_start(zq_server *srv, zq_http_req *req, const zq_gen_request *req
 void zq_gen_wait(zq_http_req *req, zq_job *job, zq_buf *text, zq_job_state *state)
 {
     size_t offset = 0;
-    bool cancelled = false;
     for (;;) {
         offset = zq_job_poll(job, offset, POLL_MS, text, state);
         if (state->finish != ZQ_FINISH_NONE)
             break;
-        if (!cancelled && zq_http_client_gone(req)) {
+        /* The scheduler holds its own reference and drops the job at its next step, or
+         * when a queued job reaches a slot, so the connection need not wait for that. */
+        if (zq_http_client_gone(req)) {
             zq_job_cancel(job);
-            cancelled = true;
+            state->finish = ZQ_FINISH_CANCELLED;
+            break;
         }
     }
     req->tokens = state->n_tokens;

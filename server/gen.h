@@ -28,8 +28,8 @@ int zq_gen_count_prompt(const zq_server *srv, const char *const *turns, int n_tu
 zq_job *zq_gen_start(zq_server *srv, zq_http_req *req, const zq_gen_request *request,
                      const int32_t *ids, int n_ids, char key[ZQ_CACHE_KEY_LEN + 1]);
 
-/* Waits for a job to end, cancelling it if the client disconnects. Fills *state and
- * appends the whole reply to text. */
+/* Waits for a job to end and appends the whole reply to text. When the client disconnects
+ * it cancels the job and returns at once with state->finish ZQ_FINISH_CANCELLED. */
 void zq_gen_wait(zq_http_req *req, zq_job *job, zq_buf *text, zq_job_state *state);
 
 /* Stores a finished reply under key (no-op for "" or an unsuccessful finish). */

@@ -342,29 +342,45 @@ bool zq_sched_drain(zq_sched *s, double timeout_s)
     return idle;
 }
 
-void zq_sched_free(zq_sched *s)
+void zq_sched_stop(zq_sched *s)
 {
-    if (!s)
-        return;
-    if (s->thread_started) {
-        pthread_mutex_lock(&s->lock);
-        s->stopping = true;
-        pthread_cond_signal(&s->wake);
-        pthread_mutex_unlock(&s->lock);
+    pthread_mutex_lock(&s->lock);
+    const bool join = s->thread_started && !s->stopping;
+    s->stopping = true;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    if (join)
         pthread_join(s->thread, NULL);
-    }
+
+    /* The thread has ended, so the queue and the slots belong to this thread now. */
     const char *reason = "the server is shutting down";
+    pthread_mutex_lock(&s->lock);
     for (int i = 0; s->queue && i < s->queue_count; i++) {
         zq_job *job = s->queue[(s->queue_head + i) % s->params.queue_cap];
         zq_job_finish(job, ZQ_FINISH_ERROR, reason);
         zq_job_release(job);
     }
+    s->queue_count = 0;
     for (int i = 0; s->slots && i < s->params.n_slots; i++) {
         slot *sl = &s->slots[i];
         if (sl->job) {
             zq_job_finish(sl->job, ZQ_FINISH_ERROR, reason);
             zq_job_release(sl->job);
+            sl->job = NULL;
         }
+    }
+    s->n_active = 0;
+    publish_load(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void zq_sched_free(zq_sched *s)
+{
+    if (!s)
+        return;
+    zq_sched_stop(s);
+    for (int i = 0; s->slots && i < s->params.n_slots; i++) {
+        slot *sl = &s->slots[i];
         zq_sampler_free(sl->sampler);
         zq_context_free(sl->ctx);
         free(sl->ids);

@@ -93,7 +93,11 @@ zq_submit_result zq_sched_submit(zq_sched *sched, zq_job *job);
  * Returns whether the scheduler became idle in time. */
 bool zq_sched_drain(zq_sched *sched, double timeout_s);
 
-/* Stops the thread; jobs still queued or active finish with ZQ_FINISH_ERROR. */
+/* Stops the thread; jobs still queued or active finish with ZQ_FINISH_ERROR, and later
+ * submits return ZQ_SUBMIT_CLOSED. The scheduler stays valid until zq_sched_free. */
+void zq_sched_stop(zq_sched *sched);
+
+/* Stops the scheduler (as zq_sched_stop) and frees it. */
 void zq_sched_free(zq_sched *sched);
 
 /* Returns the context size of each slot. */

@@ -132,7 +132,7 @@ static bool wait_until_idle(zq_server *srv, double deadline, const sigset_t *sig
 {
     const struct timespec tick = {0, 50 * 1000000L};
     for (;;) {
-        const bool sched_idle = !srv->sched || zq_sched_drain(srv->sched, 0);
+        const bool sched_idle = zq_sched_drain(srv->sched, 0);
         if (sched_idle && atomic_load(&srv->in_flight) == 0)
             return true;
         if (zq_now() >= deadline)
@@ -157,9 +157,10 @@ static void shut_down(zq_server *srv, const sigset_t *signals)
     if (!wait_until_idle(srv, deadline, signals)) {
         ZQ_SRV_LOG_WARN("aborting %d requests still in flight", atomic_load(&srv->in_flight));
         /* Failing the remaining jobs wakes their connection threads, which send 503 or
-         * end their streams with an error event. */
-        zq_sched_free(srv->sched);
-        srv->sched = NULL;
+         * end their streams with an error event. The scheduler stays allocated because
+         * connection threads may still submit to it (and get ZQ_SUBMIT_CLOSED) until
+         * MHD_stop_daemon has joined them. */
+        zq_sched_stop(srv->sched);
         wait_until_idle(srv, zq_now() + 1.0, signals);
     }
     MHD_stop_daemon(srv->daemon);

@@ -418,21 +418,30 @@ curl -s -N -H 'Content-Type: application/json' --data-binary "$long_stream" \
     "$D/v1/chat/completions" >"$tmp/cut.sse" &
 stream_pid=$!
 check queue_first_active wait_metric "$D" zq_requests_active 1
-curl -s -o "$tmp/queued.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-    --data-binary '{"prompt":"你好","max_new_tokens":3}' "$D/chat" >"$tmp/queued.status" &
+curl -s -o /dev/null -H 'Content-Type: application/json' \
+    --data-binary '{"prompt":"你好","max_new_tokens":3}' "$D/chat" &
 queued_pid=$!
 check queue_second_waits wait_metric "$D" zq_requests_queued 1
 reject queue_full 503 POST "$D/chat" '{"prompt":"你好"}'
 eq queue_full_type "$(body .error.type)" overloaded_error
 eq queue_full_still_healthy "$(curl -s -o /dev/null -w '%{http_code}' "$D/health")" 200
 
+# A queued client that leaves gets its connection closed at once (status 499 in the
+# metrics) while the stream still holds the only slot.
+kill "$queued_pid"
+wait "$queued_pid" 2>/dev/null
+check queued_leaves_early wait_metric "$D" 'zq_requests_total{endpoint="/chat",status="499"}' 1
+eq queued_leaves_slot_busy "$(metric "$D" zq_requests_active)" 1
+
 kill "$stream_pid"
 wait "$stream_pid" 2>/dev/null
 check disconnect_got_data grep -q '"content"' "$tmp/cut.sse"
-check disconnect_cancels wait_metric "$D" zq_generations_cancelled_total 1
-wait "$queued_pid"
-eq disconnect_next_served "$(cat "$tmp/queued.status")" 200
+# The stream and the queued job that lost its client are both cancelled.
+check disconnect_cancels wait_metric "$D" zq_generations_cancelled_total 2
 check disconnect_stopped_early test "$(metric "$D" zq_tokens_generated_total)" -lt 200
+check disconnect_slot_freed wait_metric "$D" zq_requests_active 0
+req POST "$D/chat" '{"prompt":"你好","max_new_tokens":3}'
+eq disconnect_next_served "$status" 200
 
 req POST "$D/chat" '{"prompt":"你好","session_id":"half","max_new_tokens":3}'
 curl -s -N -H 'Content-Type: application/json' \
@@ -443,7 +452,7 @@ half_pid=$!
 check half_turn_active wait_metric "$D" zq_requests_active 1
 kill "$half_pid"
 wait "$half_pid" 2>/dev/null
-check half_turn_cancelled wait_metric "$D" zq_generations_cancelled_total 2
+check half_turn_cancelled wait_metric "$D" zq_generations_cancelled_total 3
 req GET "$D/chat/history?session_id=half"
 eq half_turn_not_stored "$(body '.exchanges | length') $(body '.exchanges[0].user')" "1 你好"
 
