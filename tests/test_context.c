@@ -128,10 +128,11 @@ static void context_limit_is_reported(void)
     const int32_t bad = vocab;
     zq_context_truncate(ctx, 2);
     CHECK(zq_context_eval(ctx, &bad, 1, NULL) == ZQ_ERR_INVALID_ARG, "bad id accepted");
+    zq_context_free(ctx);
     CHECK(zq_context_create(model, &(zq_context_params){.n_ctx = 100000}, &ctx) ==
               ZQ_ERR_INVALID_ARG,
           "oversized context accepted");
-    zq_context_free(ctx);
+    CHECK(ctx == NULL, "a failed create returned a context");
 }
 
 static void chat_prompt_drops_oldest(void)
