@@ -364,7 +364,7 @@ check filter_word_found test -n "$word"
 case "早上好" in *"$word"*) fail filter_word_not_in_prompt "the word $word is in the prompt" ;; esac
 printf '# sensitive words\n坏蛋\n%s\n' "$word" >"$tmp/words.txt"
 start_server c --cache-size 16 --filter-words "$tmp/words.txt" --log-prompts \
-    --filter-reply "不能回答"
+    --filter-reply "不能回答" --max-sessions 2
 C=$last_url
 
 greedy='{"messages":[{"role":"user","content":"你是谁"}],"max_tokens":12,"temperature":0}'
@@ -408,6 +408,11 @@ curl -s -N -H 'Content-Type: application/json' \
     "$C/chat" >"$tmp/masked.sse"
 eq filter_output_stream \
     "$(sed -n 's/^data: \({.*\)$/\1/p' "$tmp/masked.sse" | jq -j '.delta // empty')" "$masked"
+
+# --max-sessions 2: the two sessions made by the last two requests evicted c1 and c2.
+eq sessions_capped "$(metric "$C" zq_sessions)" 2
+req GET "$C/chat/history?session_id=c1"
+eq sessions_lru_evicted "$(body '.exchanges | length')" 0
 
 # ---- server D: a full queue, disconnects, graceful shutdown ---------------------------------
 start_server d --parallel 1 --queue 1 --cache-size 0 --step-delay-ms 40
