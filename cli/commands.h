@@ -10,6 +10,7 @@ int zq_cmd_run(int argc, char **argv);
 int zq_cmd_chat(int argc, char **argv);
 int zq_cmd_tokenize(int argc, char **argv);
 int zq_cmd_serve(int argc, char **argv);
+int zq_cmd_eval(int argc, char **argv);
 int zq_cmd_bench(int argc, char **argv);
 
 #endif /* ZQ_CLI_COMMANDS_H */

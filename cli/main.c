@@ -19,6 +19,7 @@ static const command commands[] = {
     {"chat", zq_cmd_chat, "interactive chat (one user turn per input line)"},
     {"tokenize", zq_cmd_tokenize, "print the token ids (or strings) of a text"},
     {"serve", zq_cmd_serve, "HTTP chat server with batching, sessions and an OpenAI API"},
+    {"eval", zq_cmd_eval, "perplexity and KL divergence of models over a text"},
     {"bench", zq_cmd_bench, "measure memory bandwidth, kernels and model speed"},
 };
 
