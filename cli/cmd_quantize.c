@@ -29,6 +29,11 @@ static void help(void)
            "  --keep-f16 PATTERN     keep tensors whose name matches the glob PATTERN in f16,\n"
            "                         e.g. 'wte.weight' for the output head (repeatable)\n"
            "  --add-token TOKEN      add a token that is never split, e.g. 人工智能 (repeatable)\n"
+           "  --calibrate FILE       run the f32 model over FILE (text as for 'zq eval') and move\n"
+           "                         the activation outliers of the c_attn and c_fc inputs into\n"
+           "                         their weights before quantizing (SmoothQuant-style)\n"
+           "  --alpha A              migration strength in [0, 1] for --calibrate (default 0.5)\n"
+           "  --calibrate-tokens N   use at most the first N tokens of FILE (default: all)\n"
            "  --zstd-level N         zstd compression level 1..22 (default 10)\n"
            "  --threads N            threads, default the number of physical cores\n"
            "  -q, --quiet            no progress bar and no error table\n"
@@ -81,17 +86,31 @@ static bool parse_type(const char *text, zq_type *type)
 
 static int parse_options(int argc, char **argv, options *o)
 {
-    enum { OPT_TYPE = CLI_OPT_FIRST_FREE, OPT_GROUP, OPT_KEEP, OPT_ADD, OPT_LEVEL, OPT_THREADS };
+    enum {
+        OPT_TYPE = CLI_OPT_FIRST_FREE,
+        OPT_GROUP,
+        OPT_KEEP,
+        OPT_ADD,
+        OPT_LEVEL,
+        OPT_THREADS,
+        OPT_CALIBRATE,
+        OPT_ALPHA,
+        OPT_CALIBRATE_TOKENS,
+    };
     static const struct option longs[] = {
         {"output", required_argument, 0, 'o'},  {"type", required_argument, 0, OPT_TYPE},
         {"group", required_argument, 0, OPT_GROUP}, {"keep-f16", required_argument, 0, OPT_KEEP},
         {"add-token", required_argument, 0, OPT_ADD},
         {"zstd-level", required_argument, 0, OPT_LEVEL},
         {"threads", required_argument, 0, OPT_THREADS}, {"quiet", no_argument, 0, 'q'},
+        {"calibrate", required_argument, 0, OPT_CALIBRATE},
+        {"alpha", required_argument, 0, OPT_ALPHA},
+        {"calibrate-tokens", required_argument, 0, OPT_CALIBRATE_TOKENS},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
     };
     zq_quantize_params_default(&o->p);
     long v;
+    double alpha;
     int c;
     while ((c = getopt_long(argc, argv, "o:qh", longs, NULL)) != -1) {
         switch (c) {
@@ -131,6 +150,17 @@ static int parse_options(int argc, char **argv, options *o)
                 return ZQ_EXIT_USAGE;
             o->p.n_threads = (int)v;
             break;
+        case OPT_CALIBRATE: o->p.calibrate = optarg; break;
+        case OPT_ALPHA:
+            if (!cli_parse_float(CMD, "alpha", optarg, 0, 1, &alpha))
+                return ZQ_EXIT_USAGE;
+            o->p.alpha = (float)alpha;
+            break;
+        case OPT_CALIBRATE_TOKENS:
+            if (!cli_parse_int(CMD, "calibrate-tokens", optarg, 2, 1 << 30, &v))
+                return ZQ_EXIT_USAGE;
+            o->p.calibrate_tokens = (int)v;
+            break;
         default: return ZQ_EXIT_USAGE;
         }
     }
@@ -166,6 +196,9 @@ int zq_cmd_quantize(int argc, char **argv)
     }
     if (!o.quiet)
         print_table(&report);
+    if (o.p.calibrate)
+        fprintf(stderr, "zq quantize: migrated activation outliers (alpha %.2f) after %lld tokens "
+                "of %s\n", (double)o.p.alpha, report.calibration_tokens, o.p.calibrate);
     fprintf(stderr, "zq quantize: wrote %s: %s, %.1fM parameters from %s, %.2f MB\n", o.out,
             zq_type_name(o.p.type), report.params_total / 1e6, report.source_format,
             report.bytes_out / 1e6);

@@ -7,7 +7,9 @@
 
 #include "../formats/hf.h"
 #include "../formats/zqfile.h"
+#include "../runtime/eval.h"
 #include "../runtime/internal.h"
+#include "smooth.h"
 
 #include <fnmatch.h>
 #include <libgen.h>
@@ -16,12 +18,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void zq_quantize_params_default(zq_quantize_params *params)
 {
     memset(params, 0, sizeof *params);
     params->type = ZQ_TYPE_Q8;
     params->zstd_level = 10;
+    params->alpha = 0.5f;
 }
 
 void zq_quantize_q8(const float *w, int rows, int cols, int group, int8_t *q, float *scales)
@@ -259,6 +263,12 @@ static void describe(zq_file *f, const zq_hf_model *hf, const char *dir,
         snprintf(f->quant_desc, sizeof f->quant_desc, "int8 weights, one scale per row");
     else
         snprintf(f->quant_desc, sizeof f->quant_desc, "%s weights", zq_type_name(p->type));
+    if (p->calibrate) {
+        snprintf(copy, sizeof copy, "%s", p->calibrate);
+        len = strlen(f->quant_desc);
+        snprintf(f->quant_desc + len, sizeof f->quant_desc - len, "; SmoothQuant alpha %.2f on %s",
+                 (double)p->alpha, basename(copy));
+    }
     if (p->n_keep_f16 > 0) {
         len = strlen(f->quant_desc);
         snprintf(f->quant_desc + len, sizeof f->quant_desc - len, "; f16 for %s%s",
@@ -275,6 +285,12 @@ static zq_status check_params(const zq_quantize_params *p)
                        p->group);
     if (p->zstd_level < 1 || p->zstd_level > 22)
         return zq_fail(ZQ_ERR_INVALID_ARG, "zstd level %d is outside 1..22", p->zstd_level);
+    if (p->calibrate && !(p->alpha >= 0 && p->alpha <= 1))
+        return zq_fail(ZQ_ERR_INVALID_ARG, "migration strength alpha %g is outside [0, 1]",
+                       (double)p->alpha);
+    if (p->calibrate_tokens < 0)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "calibration token limit %d is negative",
+                       p->calibrate_tokens);
     return ZQ_OK;
 }
 
@@ -309,42 +325,38 @@ static void free_tensors(zq_file *f)
     free(f->tensors);
 }
 
-zq_status zq_quantize_model(const char *model_dir, const char *out_path,
-                            const zq_quantize_params *params, zq_quant_report *report)
+/* Converts the loaded checkpoint hf and writes out_path. */
+static zq_status write_model(const zq_hf_model *hf, const char *model_dir, const char *out_path,
+                             const zq_quantize_params *params, zq_quant_report *report)
 {
-    memset(report, 0, sizeof *report);
-    ZQ_TRY(check_params(params));
-    zq_hf_model hf;
-    ZQ_TRY(zq_hf_load(model_dir, &hf));
-
     zq_file f;
     memset(&f, 0, sizeof f);
     char **added = NULL;
     int n_added = 0;
     job *jobs = NULL;
-    zq_status st = merge_added(&hf, params, &added, &n_added);
+    zq_status st = merge_added(hf, params, &added, &n_added);
     if (st != ZQ_OK)
         goto done;
 
-    const int needed = hf.n_vocab_lines + n_added;
-    const int extra = needed > hf.hparams.n_vocab ? needed - hf.hparams.n_vocab : 0;
-    f.hparams = hf.hparams;
+    const int needed = hf->n_vocab_lines + n_added;
+    const int extra = needed > hf->hparams.n_vocab ? needed - hf->hparams.n_vocab : 0;
+    f.hparams = hf->hparams;
     f.hparams.n_vocab += extra;
-    f.vocab = hf.vocab;
-    f.n_vocab_base = hf.n_vocab_lines;
+    f.vocab = hf->vocab;
+    f.n_vocab_base = hf->n_vocab_lines;
     f.added = added;
     f.n_added = n_added;
-    f.lower_case = hf.lower_case;
-    describe(&f, &hf, model_dir, params);
-    snprintf(report->source_format, sizeof report->source_format, "%s", hf.source_format);
+    f.lower_case = hf->lower_case;
+    describe(&f, hf, model_dir, params);
+    snprintf(report->source_format, sizeof report->source_format, "%s", hf->source_format);
 
-    const int max_jobs = 5 + 12 * hf.hparams.n_layer;
+    const int max_jobs = 5 + 12 * hf->hparams.n_layer;
     jobs = calloc((size_t)max_jobs, sizeof(job));
     if (!jobs) {
         st = zq_fail(ZQ_ERR_NOMEM, "out of memory");
         goto done;
     }
-    f.n_tensors = plan_jobs(&hf, extra, jobs);
+    f.n_tensors = plan_jobs(hf, extra, jobs);
     f.tensors = calloc((size_t)f.n_tensors, sizeof(zq_file_tensor));
     report->stats = calloc((size_t)f.n_tensors, sizeof(zq_quant_stat));
     report->n_stats = f.n_tensors;
@@ -365,6 +377,82 @@ done:
     free_tensors(&f);
     free(added);
     free(jobs);
+    return st;
+}
+
+/* Tokenizes the calibration text with the f32 model at f32_path and collects the activation
+ * maxima. */
+static zq_status calibrate(const char *f32_path, const zq_quantize_params *p, zq_act_max *act)
+{
+    const zq_load_params lp = {.n_threads = p->n_threads};
+    zq_model *model = NULL;
+    ZQ_TRY(zq_model_load(f32_path, &lp, &model));
+    int32_t *ids = NULL;
+    int n_ids = 0;
+    zq_status st = zq_eval_tokenize_file(model, p->calibrate, ZQ_TEXT_AUTO, NULL, &ids, &n_ids);
+    if (st == ZQ_OK) {
+        if (p->calibrate_tokens > 0 && n_ids > p->calibrate_tokens)
+            n_ids = p->calibrate_tokens;
+        st = zq_smooth_calibrate(model, ids, n_ids, p->n_threads, act);
+    }
+    free(ids);
+    zq_model_free(model);
+    return st;
+}
+
+/* Writes hf as a temporary f32 .zq, runs it over the calibration text and migrates the
+ * activation outliers into hf's weights (quantize/smooth.h). */
+static zq_status smooth_outliers(zq_hf_model *hf, const char *model_dir,
+                                 const zq_quantize_params *params, long long *tokens)
+{
+    const char *tmp = getenv("TMPDIR");
+    char dir[512], path[560];
+    snprintf(dir, sizeof dir, "%s/zq-calibrate-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir))
+        return zq_fail(ZQ_ERR_IO, "cannot create a temporary folder %s for calibration", dir);
+    snprintf(path, sizeof path, "%s/f32.zq", dir);
+
+    zq_quantize_params f32 = *params;
+    f32.type = ZQ_TYPE_F32;
+    f32.group = 0;
+    f32.n_keep_f16 = 0;
+    f32.zstd_level = 1;
+    f32.calibrate = NULL;
+    f32.progress = NULL;
+    zq_quant_report scratch;
+    memset(&scratch, 0, sizeof scratch);
+    zq_act_max act;
+    memset(&act, 0, sizeof act);
+    zq_status st = write_model(hf, model_dir, path, &f32, &scratch);
+    zq_quant_report_free(&scratch);
+    if (st == ZQ_OK)
+        st = calibrate(path, params, &act);
+    unlink(path);
+    rmdir(dir);
+    if (st == ZQ_OK)
+        st = zq_smooth_apply(hf, &act, params->alpha);
+    if (st == ZQ_OK)
+        ZQ_INFO("migrated activation outliers with alpha %.2f after %lld calibration tokens",
+                (double)params->alpha, act.tokens);
+    *tokens = act.tokens;
+    zq_act_max_free(&act);
+    return st;
+}
+
+zq_status zq_quantize_model(const char *model_dir, const char *out_path,
+                            const zq_quantize_params *params, zq_quant_report *report)
+{
+    memset(report, 0, sizeof *report);
+    ZQ_TRY(check_params(params));
+    zq_hf_model hf;
+    ZQ_TRY(zq_hf_load(model_dir, &hf));
+    zq_status st = ZQ_OK;
+    long long tokens = 0;
+    if (params->calibrate)
+        st = smooth_outliers(&hf, model_dir, params, &tokens);
+    if (st == ZQ_OK)
+        st = write_model(&hf, model_dir, out_path, params, report);
+    report->calibration_tokens = tokens;
     zq_hf_free(&hf);
     if (st != ZQ_OK)
         zq_quant_report_free(report);

@@ -21,6 +21,13 @@ typedef struct {
     int n_added;
     const char *const *keep_f16; /* fnmatch patterns of tensor names kept in f16 */
     int n_keep_f16;
+    /* SmoothQuant-style migration (quantize/smooth.h): when calibrate names a text file, the
+     * f32 model is run over it (framed as by zq eval, at most calibrate_tokens tokens; 0 = all)
+     * and the activation outliers of the inputs of c_attn and c_fc move into their weights with
+     * strength alpha in [0, 1] before conversion. */
+    const char *calibrate;
+    float alpha; /* default 0.5 */
+    int calibrate_tokens;
     /* Called after each tensor is converted (done of total); may be NULL. */
     void (*progress)(int done, int total, const char *name, void *user);
     void *progress_user;
@@ -43,6 +50,7 @@ typedef struct {
     int n_stats;
     long long params_total; /* parameters written */
     long long bytes_out;    /* size of the .zq file */
+    long long calibration_tokens; /* tokens run for the migration; 0 without calibrate */
     char source_format[64];
 } zq_quant_report;
 
