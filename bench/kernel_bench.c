@@ -16,10 +16,12 @@
  *       runtime/log.c runtime/status.c /tmp/kernels_avx2.o /tmp/kernels_avx512.o \
  *       -o /tmp/kernel_bench -ldnnl -lm -lpthread
  *   (drop -DZQ_USE_DNNL=1, linear_dnnl.c and -ldnnl to build without oneDNN)
- * Run: /tmp/kernel_bench [--kernels avx2] [--quick]
+ * Run: /tmp/kernel_bench [--kernels avx2] [--quick] [--prefill-m M]
  *
  * Decode (M = 1) cycles through enough copies of the weights to exceed the last-level cache,
- * so it measures the memory-bound case that generation is; prefill reuses one copy.
+ * so it measures the memory-bound case that generation is. Prefill reuses one copy. Each row
+ * gives the best wall time per call and, with one thread, the best CPU time of the calling
+ * thread, which stays steady when other processes share the machine.
  */
 #include "internal.h"
 #include "kernels.h"
@@ -28,8 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#define PREFILL_M 512
+#define PREFILL_M 512 /* default; --prefill-m changes it */
 #define DECODE_POOL_BYTES (256u << 20) /* weights cycled through for M = 1 */
 
 typedef struct {
@@ -83,30 +86,50 @@ static void pool_free(weight_pool *p)
     free(p->copies);
 }
 
-/* Returns the best seconds per call over at least 3 calls and min_seconds in total. */
-static double time_path(weight_pool *p, const zq_kernels *k, int use_dnnl, const float *x, int M,
-                        float *y, zq_linear_scratch *s, int threads, double min_seconds)
+typedef struct {
+    double wall; /* best wall-clock seconds per call */
+    double cpu;  /* best CPU seconds of the calling thread per call */
+} timing;
+
+static double thread_cpu_seconds(void)
 {
-    zq_linear_set_dnnl(use_dnnl);
-    double best = 1e30, total = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Times zq_linear over at least 3 calls and min_seconds in total. With one thread the CPU time
+ * of the calling thread is the whole cost of a call, and unlike wall time it does not grow
+ * when other processes share the core, so it is the steadier number on a busy machine. */
+static timing time_path(weight_pool *p, const zq_kernels *k, zq_dnnl_mode mode, const float *x,
+                        int M, float *y, zq_linear_scratch *s, int threads, double min_seconds)
+{
+    zq_linear_set_dnnl(mode);
+    timing best = {1e30, 1e30};
+    double total = 0;
     for (int call = 0; call < 3 || total < min_seconds; call++) {
         const zq_weight *w = &p->copies[p->next];
         p->next = (p->next + 1) % p->n_copies;
-        const double t0 = zq_now_seconds();
+        const double t0 = zq_now_seconds(), c0 = thread_cpu_seconds();
         zq_linear(k, w, NULL, x, M, y, s, threads);
-        const double dt = zq_now_seconds() - t0;
-        best = dt < best ? dt : best;
+        const double dt = zq_now_seconds() - t0, dc = thread_cpu_seconds() - c0;
+        best.wall = dt < best.wall ? dt : best.wall;
+        best.cpu = dc < best.cpu ? dc : best.cpu;
         total += dt;
     }
     return best;
 }
 
-static void print_row(const shape *sh, int M, int threads, const char *path, double seconds)
+static void print_row(const shape *sh, int M, int threads, const char *path, timing t)
 {
     const double weight_bytes = (double)sh->K * sh->N;
-    printf("| %-11s | %5d x %-5d | %3d | %d | %-10s | %9.1f | %7.1f | %6.1f |\n", sh->what,
-           sh->K, sh->N, M, threads, path, seconds * 1e6, 2.0 * M * weight_bytes / seconds / 1e9,
-           weight_bytes / seconds / 1e9);
+    const double seconds = threads == 1 ? t.cpu : t.wall;
+    char cpu[32] = "-";
+    if (threads == 1)
+        snprintf(cpu, sizeof cpu, "%.1f", t.cpu * 1e6);
+    printf("| %-11s | %5d x %-5d | %3d | %d | %-10s | %9.1f | %9s | %7.1f | %6.1f |\n", sh->what,
+           sh->K, sh->N, M, threads, path, t.wall * 1e6, cpu,
+           2.0 * M * weight_bytes / seconds / 1e9, weight_bytes / seconds / 1e9);
 }
 
 static void bench_shape(const shape *sh, const zq_kernels *k, int M, double min_seconds,
@@ -122,10 +145,11 @@ static void bench_shape(const shape *sh, const zq_kernels *k, int M, double min_
         x[i] = (float)random_s8() / 64.0f;
 
     for (int threads = 1; threads <= 2; threads++) {
-        print_row(sh, M, threads, k->name, time_path(&pool, k, 0, x, M, y, s, threads, min_seconds));
+        print_row(sh, M, threads, k->name,
+                  time_path(&pool, k, ZQ_DNNL_OFF, x, M, y, s, threads, min_seconds));
         if (zq_linear_dnnl_available())
             print_row(sh, M, threads, "onednn",
-                      time_path(&pool, k, 1, x, M, y, s, threads, min_seconds));
+                      time_path(&pool, k, ZQ_DNNL_ON, x, M, y, s, threads, min_seconds));
     }
     zq_aligned_free(x);
     zq_aligned_free(y);
@@ -136,6 +160,7 @@ int main(int argc, char **argv)
 {
     const zq_kernels *k = zq_kernels_best();
     double min_seconds = 0.3;
+    int prefill_m = PREFILL_M;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--kernels") == 0 && i + 1 < argc) {
             k = zq_kernels_by_name(argv[++i]);
@@ -145,22 +170,33 @@ int main(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--quick") == 0) {
             min_seconds = 0.05;
+        } else if (strcmp(argv[i], "--prefill-m") == 0 && i + 1 < argc) {
+            prefill_m = atoi(argv[++i]);
+            if (prefill_m < 2) {
+                fprintf(stderr, "kernel_bench: --prefill-m must be at least 2\n");
+                return 2;
+            }
         } else {
-            fprintf(stderr, "usage: kernel_bench [--kernels NAME] [--quick]\n");
+            fprintf(stderr, "usage: kernel_bench [--kernels NAME] [--quick] [--prefill-m M]\n");
             return 2;
         }
     }
 
     zq_linear_scratch s;
-    if (zq_linear_scratch_init(&s, PREFILL_M, 3072) != ZQ_OK) {
+    if (zq_linear_scratch_init(&s, prefill_m, 3072) != ZQ_OK) {
         fprintf(stderr, "kernel_bench: %s\n", zq_last_error());
         return 1;
     }
-    printf("| matrix      | K x N         |   M | T | path       |   us/call |    GOPS | GB/s W |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
+    printf("# kernels %s; oneDNN %s (activations in [-%d, %d]); GOPS and GB/s of weights from\n"
+           "# CPU time with 1 thread, wall time with 2\n",
+           k->name, zq_linear_dnnl_available() ? "on" : "not built",
+           zq_linear_dnnl_activation_max(), zq_linear_dnnl_activation_max());
+    printf("| matrix      | K x N         |   M | T | path       | wall us   |    cpu us |    GOPS "
+           "| GB/s W |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         bench_shape(&shapes[i], k, 1, min_seconds, &s);
-        bench_shape(&shapes[i], k, PREFILL_M, min_seconds, &s);
+        bench_shape(&shapes[i], k, prefill_m, min_seconds, &s);
     }
     zq_linear_scratch_free(&s);
     return 0;

@@ -2,8 +2,8 @@
  * kernels_avx2.c - AVX2 + FMA + F16C kernels (built with -mavx2 -mfma -mf16c, selected only
  * when CPUID and XCR0 report all three).
  *
- * int8: AVX2 has no int8 dot product that is exact for two signed 8-bit operands; vpmaddubsw
- * takes unsigned x signed and saturates its int16 pair sums. The sign trick keeps it exact:
+ * int8: AVX2 has no int8 dot product that is exact for two signed 8-bit operands, because
+ * vpmaddubsw takes unsigned x signed bytes and saturates its int16 pair sums. The sign trick keeps it exact:
  * vpsignb moves the sign of a onto w, so vpmaddubsw multiplies |a| (unsigned) by sign(a) * w,
  * and with both operands in [-127, 127] each pair sum is at most 2 * 127 * 127 = 32258 < 32767.
  * vpmaddwd against ones then widens the pairs to int32 without loss.
@@ -75,8 +75,8 @@ static ALWAYS_INLINE void s8_step(int mr, int nr, const int8_t *const *a, const 
     }
 }
 
-/* Runs the last K % 32 columns through s8_step from zero-padded copies, so no load reads past
- * the end of a row; the zeros add nothing. */
+/* Runs the last K % 32 columns through s8_step from zero-padded copies, so that no load reads
+ * past the end of a row. The zeros add nothing. */
 static ALWAYS_INLINE void s8_tail(int mr, int nr, const int8_t *const *a, const int8_t *const *w,
                                   int k, int K, __m256i acc[TILE_MR_MAX][TILE_NR_MAX])
 {
@@ -95,11 +95,11 @@ static ALWAYS_INLINE void s8_tail(int mr, int nr, const int8_t *const *a, const 
     s8_step(mr, nr, ap, wp, 0, acc);
 }
 
-/* Decode streams each weight row once, in tiles of nr short rows (a few KB), too short for
- * the hardware prefetcher to ramp up. While a tile runs, this fetches the next tile's rows,
- * which follow in memory when rows are contiguous: each step of `step` columns prefetches the
- * next nr * step bytes, so the whole next tile is requested by the end of this one. Prefetches
- * past the matrix, or of repeated edge rows, do no harm. */
+/* Rows of a few hundred bytes are too short for the hardware prefetcher to ramp up, which
+ * starves decode (M = 1 streams each weight row once) and small M. So while a tile runs, this
+ * fetches the rows of the next tile, which follow in memory when rows are contiguous. Each step
+ * of `step` columns prefetches the next nr * step bytes, so the whole next tile is requested by
+ * the end of this one. Prefetches past the matrix, or of repeated edge rows, do no harm. */
 static ALWAYS_INLINE void prefetch_next_rows(int nr, const int8_t *const *w, int k, int step)
 {
     const int8_t *next = w[nr - 1] + (w[1] - w[0]) + (size_t)k * nr;
@@ -119,17 +119,20 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        if (mr == 1)
-            prefetch_next_rows(nr, w, k, 32);
+        prefetch_next_rows(nr, w, k, 32);
         s8_step(mr, nr, a, w, (size_t)k, acc);
     }
     if (k < K)
         s8_tail(mr, nr, a, w, k, K, acc);
 
-    __m256i flat[8];
-    for (int i = 0; i < 8; i++)
-        flat[i] = i < mr * nr ? acc[i / nr][i % nr] : _mm256_setzero_si256();
-    _mm256_storeu_si256((__m256i *)out, hsum8_epi32(flat));
+    for (int half = 0; half * 8 < mr * nr; half++) {
+        __m256i flat[8];
+        for (int i = 0; i < 8; i++) {
+            const int e = half * 8 + i;
+            flat[i] = e < mr * nr ? acc[e / nr][e % nr] : _mm256_setzero_si256();
+        }
+        _mm256_storeu_si256((__m256i *)out + half, hsum8_epi32(flat));
+    }
 }
 
 /* ---- f32 and f16 tiles ------------------------------------------------------------------- */
@@ -190,10 +193,14 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
     if (k < K)
         float_step(mr, nr, a, w, f16, (size_t)k, K - k, acc);
 
-    __m256 flat[8];
-    for (int i = 0; i < 8; i++)
-        flat[i] = i < mr * nr ? acc[i / nr][i % nr] : _mm256_setzero_ps();
-    _mm256_storeu_ps((float *)out, hsum8_ps(flat));
+    for (int half = 0; half * 8 < mr * nr; half++) {
+        __m256 flat[8];
+        for (int i = 0; i < 8; i++) {
+            const int e = half * 8 + i;
+            flat[i] = e < mr * nr ? acc[e / nr][e % nr] : _mm256_setzero_ps();
+        }
+        _mm256_storeu_ps((float *)out + 8 * half, hsum8_ps(flat));
+    }
 }
 
 /* One instance per tile shape, so that mr and nr are constants and the accumulators stay in
@@ -269,7 +276,7 @@ static float max_abs_avx2(const float *x, int K)
     return amax;
 }
 
-/* cvtps2dq rounds half to even under the default MXCSR, like nearbyintf; clamping in int32
+/* cvtps2dq rounds half to even under the default MXCSR, like nearbyintf. clamping in int32
  * before the saturating packs keeps NaN (converted to INT32_MIN) at -127, never -128. */
 static ALWAYS_INLINE __m256i quant8_epi32(const float *x, __m256 vinv)
 {

@@ -24,8 +24,8 @@
 
 /* ---- horizontal sums ------------------------------------------------------------------- */
 
-/* Returns a vector whose lane i is the sum of the lanes of v[i]: each ZMM is folded to a YMM,
- * then three rounds of hadd and one cross-lane add finish all eight at once, far fewer
+/* Returns a vector whose lane i is the sum of the lanes of v[i]. Each ZMM is folded to a YMM,
+ * then three rounds of hadd and one cross-lane add finish all eight at once, in far fewer
  * instructions than eight separate reductions. */
 static ALWAYS_INLINE __m256i hsum8_epi32(const __m512i v[8])
 {
@@ -79,11 +79,11 @@ static ALWAYS_INLINE void s8_step(int mr, int nr, const int8_t *const *a, const 
     }
 }
 
-/* Decode streams each weight row once, in tiles of nr short rows (a few KB), too short for
- * the hardware prefetcher to ramp up. While a tile runs, this fetches the next tile's rows,
- * which follow in memory when rows are contiguous: each step of `step` columns prefetches the
- * next nr * step bytes, so the whole next tile is requested by the end of this one. Prefetches
- * past the matrix, or of repeated edge rows, do no harm. */
+/* Rows of a few hundred bytes are too short for the hardware prefetcher to ramp up, which
+ * starves decode (M = 1 streams each weight row once) and small M. So while a tile runs, this
+ * fetches the rows of the next tile, which follow in memory when rows are contiguous. Each step
+ * of `step` columns prefetches the next nr * step bytes, so the whole next tile is requested by
+ * the end of this one. Prefetches past the matrix, or of repeated edge rows, do no harm. */
 static ALWAYS_INLINE void prefetch_next_rows(int nr, const int8_t *const *w, int k, int step)
 {
     const int8_t *next = w[nr - 1] + (w[1] - w[0]) + (size_t)k * nr;
@@ -105,8 +105,7 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
     int k = 0;
     for (; k + 64 <= K; k += 64) {
-        if (mr == 1)
-            prefetch_next_rows(nr, w, k, 64);
+        prefetch_next_rows(nr, w, k, 64);
         s8_step(mr, nr, a, w, (size_t)k, ~0ULL, 1, acc, wsum);
     }
     if (k < K)
@@ -251,7 +250,7 @@ static float max_abs_avx512(const float *x, int K)
     return _mm512_reduce_max_ps(vmax);
 }
 
-/* cvtps2dq rounds half to even under the default MXCSR, like nearbyintf; the int32 clamp
+/* cvtps2dq rounds half to even under the default MXCSR, like nearbyintf. the int32 clamp
  * keeps NaN (converted to INT32_MIN) at -127, never -128, before the truncating vpmovdb. */
 static void quantize_row_s8_avx512(const float *x, int K, int8_t *q, float *scale)
 {

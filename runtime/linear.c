@@ -214,13 +214,14 @@ void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const
     }
 
     /* The caller sizes the scratch; a smaller one is a bug in the caller, not bad input. */
-    assert(s && s->q && w->cols <= s->max_k);
+    assert(s && s->q);
+    assert(w->cols <= s->max_k);
     assert(w->group == 0 || w->cols % w->group == 0);
     for (int m0 = 0; m0 < M; m0 += s->max_m) {
         job.M = M - m0 < s->max_m ? M - m0 : s->max_m;
         job.x = x + (size_t)m0 * w->cols;
         job.y = y + (size_t)m0 * w->rows;
-        if (zq_linear_dnnl_wanted(w, job.M, n_threads) &&
+        if (zq_linear_uses_dnnl(w, job.M, n_threads) &&
             zq_linear_dnnl(w, bias, job.x, job.M, job.y, s, n_threads))
             continue;
         linear_run(&job, n_threads);

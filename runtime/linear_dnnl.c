@@ -5,8 +5,8 @@
  *
  * One primitive per weight shape (N, K) with a run-time M, created on first use and kept in a
  * process-wide cache, so prompts of any length reuse it. oneDNN computes
- * f32(sum_k (u[m][k] - zp) * w[n][k]) * w_scale[n] into y; this file then applies the token
- * scale and the bias, in the same order as ZQ's own path: ((acc * w_scale) * x_scale) + bias.
+ * f32(sum_k (u[m][k] - zp) * w[n][k]) * w_scale[n] into y. This file then applies the token
+ * scale and the bias in the same order as ZQ's own path, ((acc * w_scale) * x_scale) + bias.
  */
 #include "linear_dnnl.h"
 
@@ -53,7 +53,7 @@ bool zq_linear_dnnl_available(void)
     return false;
 }
 
-bool zq_linear_dnnl_wanted(const zq_weight *w, int M, int n_threads)
+bool zq_linear_uses_dnnl(const zq_weight *w, int M, int n_threads)
 {
     (void)current_mode;
     return false;
@@ -80,10 +80,10 @@ bool zq_linear_dnnl(const zq_weight *w, const float *bias, const float *x, int M
 #include <omp.h>
 #endif
 
-#define CACHE_MAX 64 /* distinct (N, K) shapes; a GPT-2 has five */
+#define CACHE_MAX 64 /* distinct (N, K, threads); a GPT-2 has five shapes */
 
 typedef struct {
-    int N, K;
+    int N, K, threads;
     dnnl_primitive_t primitive;
 } cached_primitive;
 
@@ -145,10 +145,16 @@ int zq_linear_dnnl_activation_max(void)
     return dnnl_ready() ? dnnl_state.act_max : 127;
 }
 
-/* NOTE: the thresholds come from bench/KERNEL_CHOICE.md, measured on one AMD EPYC machine with
- * AVX-512 VNNI (oneDNN also limited to AVX2 there); other CPUs may favour other limits. */
-bool zq_linear_dnnl_wanted(const zq_weight *w, int M, int n_threads)
+/* The automatic choice (see bench/KERNEL_CHOICE.md). With VNNI, oneDNN computes the same
+ * numbers as ZQ's kernels and is faster from about 16 tokens on. Without VNNI it is faster
+ * from about 32 tokens but only with 7-bit activations, which doubles their quantization error
+ * and makes prefill disagree with decode, so it is left to ZQ_DNNL=1.
+ * NOTE: the threshold was measured on one AMD EPYC (Zen 4) machine; other CPUs may differ. */
+#define DNNL_MIN_M_VNNI 16
+
+bool zq_linear_uses_dnnl(const zq_weight *w, int M, int n_threads)
 {
+    (void)n_threads;
     if (w->type != ZQ_TYPE_Q8 || w->group != 0)
         return false;
     const zq_dnnl_mode mode = current_mode();
@@ -156,7 +162,7 @@ bool zq_linear_dnnl_wanted(const zq_weight *w, int M, int n_threads)
         return false;
     if (mode == ZQ_DNNL_ON)
         return true;
-    return M >= 64;
+    return dnnl_state.act_max == 127 && M >= DNNL_MIN_M_VNNI;
 }
 
 /* ---- primitives -------------------------------------------------------------------------- */
@@ -201,18 +207,23 @@ static dnnl_status_t create_primitive(int N, int K, dnnl_primitive_t *out)
     return st;
 }
 
-/* Returns the cached primitive for (N, K), creating it on first use; NULL on failure. */
-static dnnl_primitive_t primitive_for(int N, int K)
+/* Returns the cached primitive for (N, K) on this many threads, creating it on first use;
+ * NULL on failure. oneDNN's OpenMP build fixes a primitive's thread count when it creates
+ * it (from omp_get_max_threads), so the count is part of the key and the caller must have
+ * set it with omp_set_num_threads. */
+static dnnl_primitive_t primitive_for(int N, int K, int threads)
 {
     dnnl_primitive_t found = NULL;
     pthread_mutex_lock(&dnnl_state.lock);
-    for (int i = 0; i < dnnl_state.n_cached && !found; i++)
-        if (dnnl_state.cache[i].N == N && dnnl_state.cache[i].K == K)
-            found = dnnl_state.cache[i].primitive;
+    for (int i = 0; i < dnnl_state.n_cached && !found; i++) {
+        const cached_primitive *c = &dnnl_state.cache[i];
+        if (c->N == N && c->K == K && c->threads == threads)
+            found = c->primitive;
+    }
     if (!found && dnnl_state.n_cached < CACHE_MAX) {
         const dnnl_status_t st = create_primitive(N, K, &found);
         if (st == dnnl_success) {
-            dnnl_state.cache[dnnl_state.n_cached++] = (cached_primitive){N, K, found};
+            dnnl_state.cache[dnnl_state.n_cached++] = (cached_primitive){N, K, threads, found};
         } else {
             dnnl_failed("matmul creation", st);
             found = NULL;
@@ -271,10 +282,9 @@ static dnnl_status_t make_memory(dnnl_memory_t *mem, int rows, int cols, dnnl_da
     return dnnl_memory_create(mem, &md, dnnl_state.engine, (void *)data);
 }
 
-/* Runs the primitive on M rows on n_threads OpenMP threads: oneDNN (built on OpenMP) uses
- * omp_get_max_threads(), so the calling thread's setting is changed and restored. */
+/* Runs the primitive on M rows with oneDNN's threads. */
 static dnnl_status_t execute(dnnl_primitive_t prim, const zq_weight *w, const uint8_t *u, int M,
-                             float *y, int n_threads)
+                             float *y)
 {
     const int N = w->rows, K = w->cols;
     dnnl_memory_t mem[4] = {NULL, NULL, NULL, NULL};
@@ -293,16 +303,9 @@ static dnnl_status_t execute(dnnl_primitive_t prim, const zq_weight *w, const ui
                                          {DNNL_ARG_WEIGHTS, mem[1]},
                                          {DNNL_ARG_DST, mem[2]},
                                          {DNNL_ARG_ATTR_OUTPUT_SCALES, mem[3]}};
-#ifdef ZQ_USE_OPENMP
-        const int saved_threads = omp_get_max_threads();
-        omp_set_num_threads(zq_resolve_threads(n_threads));
-#endif
         st = dnnl_primitive_execute(prim, stream, 4, args);
         if (st == dnnl_success)
             st = dnnl_stream_wait(stream);
-#ifdef ZQ_USE_OPENMP
-        omp_set_num_threads(saved_threads);
-#endif
     }
     if (stream)
         dnnl_stream_destroy(stream);
@@ -329,12 +332,43 @@ static void finish_rows(const float *x_scale, const float *bias, int M, int N, f
     }
 }
 
+/* These two set omp_get_max_threads() of the calling thread, the value that oneDNN's OpenMP
+ * build reads, to threads around the oneDNN call and restore it afterwards. */
+static dnnl_primitive_t primitive_with_threads(const zq_weight *w, int threads)
+{
+#ifdef ZQ_USE_OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    dnnl_primitive_t prim = primitive_for(w->rows, w->cols, threads);
+    omp_set_num_threads(saved);
+    return prim;
+#else
+    return primitive_for(w->rows, w->cols, threads);
+#endif
+}
+
+static dnnl_status_t execute_with_threads(dnnl_primitive_t prim, const zq_weight *w,
+                                          const uint8_t *u, int M, float *y, int threads)
+{
+#ifdef ZQ_USE_OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    const dnnl_status_t st = execute(prim, w, u, M, y);
+    omp_set_num_threads(saved);
+    return st;
+#else
+    (void)threads;
+    return execute(prim, w, u, M, y);
+#endif
+}
+
 bool zq_linear_dnnl(const zq_weight *w, const float *bias, const float *x, int M, float *y,
                     zq_linear_scratch *s, int n_threads)
 {
     if (!dnnl_ready() || M > s->max_m || w->cols > s->max_k)
         return false;
-    dnnl_primitive_t prim = primitive_for(w->rows, w->cols);
+    const int threads = zq_resolve_threads(n_threads);
+    dnnl_primitive_t prim = primitive_with_threads(w, threads);
     if (!prim)
         return false;
 
@@ -342,10 +376,10 @@ bool zq_linear_dnnl(const zq_weight *w, const float *bias, const float *x, int M
     for (int m = 0; m < M; m++)
         quantize_row_u8(x + (size_t)m * w->cols, w->cols, u + (size_t)m * w->cols,
                         &s->scales[m]);
-    const dnnl_status_t st = execute(prim, w, u, M, y, n_threads);
+    const dnnl_status_t st = execute_with_threads(prim, w, u, M, y, threads);
     if (st != dnnl_success)
         return dnnl_failed("matmul execution", st);
-    finish_rows(s->scales, bias, M, w->rows, y, n_threads);
+    finish_rows(s->scales, bias, M, w->rows, y, threads);
     return true;
 }
 

@@ -18,7 +18,7 @@
 /* When zq_linear takes the oneDNN path. The environment variable ZQ_DNNL=0|1 sets the
  * initial mode (unset: ZQ_DNNL_AUTO). */
 typedef enum {
-    ZQ_DNNL_AUTO = -1, /* where bench/KERNEL_CHOICE.md measured oneDNN faster */
+    ZQ_DNNL_AUTO = -1, /* where oneDNN is faster at equal accuracy (bench/KERNEL_CHOICE.md) */
     ZQ_DNNL_OFF = 0,   /* never */
     ZQ_DNNL_ON = 1,    /* for every int8 row-scale weight, any M (tests compare the paths) */
 } zq_dnnl_mode;
@@ -30,7 +30,7 @@ bool zq_linear_dnnl_available(void);
 void zq_linear_set_dnnl(zq_dnnl_mode mode);
 
 /* Returns whether zq_linear should compute this weight for M tokens through oneDNN. */
-bool zq_linear_dnnl_wanted(const zq_weight *w, int M, int n_threads);
+bool zq_linear_uses_dnnl(const zq_weight *w, int M, int n_threads);
 
 /* Returns the largest quantized activation magnitude on the oneDNN path: 127 or 63. */
 int zq_linear_dnnl_activation_max(void);

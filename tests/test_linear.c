@@ -174,8 +174,12 @@ static void quantize_activations(const float *x, int K, int act_max, int8_t *q, 
     *scale = amax >= 1e-30f ? amax / (float)act_max : 0.0f;
     const float inv = *scale > 0 ? 1.0f / *scale : 0.0f;
     for (int k = 0; k < K; k++) {
-        const float r = nearbyintf(x[k] * inv);
-        q[k] = (int8_t)(r > act_max ? act_max : r < -act_max ? -act_max : r);
+        float r = nearbyintf(x[k] * inv);
+        if (r > act_max)
+            r = (float)act_max;
+        if (r < -act_max)
+            r = (float)-act_max;
+        q[k] = (int8_t)r;
     }
 }
 
@@ -297,8 +301,8 @@ static double rms_error(const test_weights *t, const float *x, int M, const floa
     return sqrt(sq / ((double)M * t->rows));
 }
 
-/* With one large weight per row, a row scale wastes most of the int8 range on it; group
- * scales confine the damage to one group, so their error must be clearly smaller. */
+/* With one large weight per row, a row scale spends most of the int8 range on it. Group scales
+ * confine the loss to one group, so their error must be clearly smaller. */
 static void test_linear_group_beats_rows_on_outliers(void)
 {
     const int M = 8, N = 32, K = 256;
@@ -327,7 +331,9 @@ static void test_linear_group_beats_rows_on_outliers(void)
 
 static const char *type_label(const zq_weight *w)
 {
-    return w->type == ZQ_TYPE_Q8 ? (w->group ? "q8 group" : "q8 row") : zq_type_name(w->type);
+    if (w->type != ZQ_TYPE_Q8)
+        return zq_type_name(w->type);
+    return w->group ? "q8 group" : "q8 row";
 }
 
 /* Every weight type and several shapes: 1, 2 and 3 threads give the same bytes. */
@@ -359,8 +365,8 @@ static void test_linear_threads_bit_identical(void)
     }
 }
 
-/* A scratch smaller than M makes zq_linear work in chunks of tokens; int8 kernels are exact
- * and the rescale is the same, so every kernel table and every chunking gives the same
+/* A scratch smaller than M makes zq_linear work in chunks of tokens. The int8 kernels are
+ * exact and the rescale is the same, so every kernel table and every chunking gives the same
  * bytes. */
 static void test_linear_q8_same_across_kernels_and_chunks(void)
 {
@@ -552,6 +558,31 @@ static void test_linear_dnnl_threads_bit_identical(void)
     free_weights(&t);
 }
 
+/* ZQ_DNNL modes: off never, on for every row-scale int8 weight, auto only where oneDNN keeps
+ * 8-bit activations and M is large. Group scales and float weights never go to oneDNN. */
+static void test_linear_dnnl_choice(void)
+{
+    test_weights t, tg;
+    make_weights(&t, 16, 64, 0, 0);
+    make_weights(&tg, 16, 64, 32, 0);
+    const bool have = zq_linear_dnnl_available();
+    const bool eight_bits = have && zq_linear_dnnl_activation_max() == 127;
+
+    zq_linear_set_dnnl(ZQ_DNNL_OFF);
+    CHECK(!zq_linear_uses_dnnl(&t.w_q8, 512, 1), "off: oneDNN chosen");
+    zq_linear_set_dnnl(ZQ_DNNL_ON);
+    CHECK(zq_linear_uses_dnnl(&t.w_q8, 1, 1) == have, "on: M = 1 not sent to oneDNN");
+    CHECK(!zq_linear_uses_dnnl(&tg.w_q8, 512, 1), "on: group scales sent to oneDNN");
+    CHECK(!zq_linear_uses_dnnl(&t.w_f32, 512, 1), "on: f32 weights sent to oneDNN");
+    zq_linear_set_dnnl(ZQ_DNNL_AUTO);
+    CHECK(!zq_linear_uses_dnnl(&t.w_q8, 1, 1), "auto: decode sent to oneDNN");
+    CHECK(zq_linear_uses_dnnl(&t.w_q8, 512, 1) == eight_bits,
+          "auto: prefill choice should be %s", eight_bits ? "oneDNN" : "own kernels");
+    zq_linear_set_dnnl(ZQ_DNNL_OFF);
+    free_weights(&t);
+    free_weights(&tg);
+}
+
 int main(void)
 {
     const char *env = getenv("ZQ_TEST_SEED");
@@ -560,7 +591,7 @@ int main(void)
     printf("# test_linear seed %llu (set ZQ_TEST_SEED to repeat), kernels %s\n",
            (unsigned long long)seed, zq_kernels_best()->name);
 
-    /* ZQ's own kernels unless a test asks for oneDNN, whatever ZQ_DNNL says. */
+    /* Tests use ZQ's own kernels unless they select oneDNN themselves, whatever ZQ_DNNL is. */
     zq_linear_set_dnnl(ZQ_DNNL_OFF);
     ZQ_RUN(test_linear_scratch_errors);
     ZQ_RUN(test_linear_float);
@@ -575,5 +606,6 @@ int main(void)
     ZQ_RUN(test_linear_dnnl_extremes);
     ZQ_RUN(test_linear_dnnl_matches_own_path);
     ZQ_RUN(test_linear_dnnl_threads_bit_identical);
+    ZQ_RUN(test_linear_dnnl_choice);
     ZQ_CHECK_EXIT();
 }
