@@ -7,7 +7,8 @@
  *   x += att W_proj^T + b; h = LN2(x); x += act(h W_fc^T + b) W_fc2^T + b.
  * Then LN_f and the output head for the rows that want logits. LayerNorm, softmax, the
  * activation and the residual stream stay in f32; the matrix products go through zq_linear, so
- * this file does not depend on the weight type.
+ * this file does not depend on the weight type. Softmax and GELU use exp_fast, an exp that
+ * vectorizes; every result is computed in an order that does not depend on the thread count.
  */
 #include "internal.h"
 #include "model.h"
@@ -46,26 +47,100 @@ static void layer_norm_rows(const float *x, const float *g, const float *b, int 
         layer_norm(x + (size_t)r * d, g, b, d, eps, out + (size_t)r * d);
 }
 
-static float activate(zq_activation act, float x)
+/* Marks a loop whose iterations are independent so that it is vectorized; with OpenMP off the
+ * compiler decides alone. */
+#ifdef ZQ_USE_OPENMP
+#define SIMD_LOOP _Pragma("omp simd")
+#else
+#define SIMD_LOOP
+#endif
+
+/* Compiles a function a second time for AVX2 and picks the copy when the program loads, from
+ * the CPU. The AVX2 copy is built without FMA, so both copies round every operation alike and
+ * give the same results on every CPU. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef VECTOR_CLONES
+#define VECTOR_CLONES
+#endif
+
+/* Bit patterns of -87.3f and 88.3f, the range exp_fast clamps to. */
+#define EXP_MIN_BITS ((int32_t)0xc2ae999au)
+#define EXP_MAX_BITS ((int32_t)0x42b0999a)
+
+/* Returns exp(x) using only arithmetic that vectorizes (no libm call): x = n ln2 + r with
+ * |r| <= ln2 / 2, exp(r) from the degree-6 polynomial of Cephes' expf (error about 1 ulp), and
+ * 2^n written into the exponent bits. x is first clamped to [-87.3, 88.3] so that the result
+ * is a normal float; NaN and infinities become one of the two limits. */
+static inline float exp_fast(float x)
 {
-    switch (act) {
-    case ZQ_ACT_GELU_TANH: {
-        const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
-        return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-    }
-    case ZQ_ACT_GELU_ERF:
-        return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case ZQ_ACT_RELU:
-        return x > 0 ? x : 0;
-    }
-    return x;
+    /* The clamp compares bit patterns as int32: float compares would stop GCC from vectorizing
+     * (they may trap). A float's sign-magnitude bits order like signed integers for x >= 0 and
+     * in reverse for x < 0, so one signed minimum clamps either sign. */
+    int32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    const int32_t limit = bits < 0 ? EXP_MIN_BITS : EXP_MAX_BITS;
+    bits = bits < limit ? bits : limit;
+    memcpy(&x, &bits, sizeof x);
+
+    /* Adding and subtracting 1.5 * 2^23 rounds to the nearest integer. */
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f; /* ln2 in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float e = p * r * r + r + 1.0f;
+    const int32_t scale_bits = ((int32_t)n + 127) * (1 << 23);
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return e * scale;
 }
 
+/* GELU with the tanh approximation, written as x * sigmoid(2u) because
+ * 0.5 * (1 + tanh(u)) = 1 / (1 + exp(-2u)); NaN in x stays NaN. */
+static inline float gelu_tanh(float x)
+{
+    const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+    const float u = c * (x + 0.044715f * x * x * x);
+    return x / (1.0f + exp_fast(-2.0f * u));
+}
+
+VECTOR_CLONES static void activate_span(zq_activation act, float *x, size_t count)
+{
+    switch (act) {
+    case ZQ_ACT_GELU_TANH:
+        SIMD_LOOP
+        for (size_t i = 0; i < count; i++)
+            x[i] = gelu_tanh(x[i]);
+        return;
+    case ZQ_ACT_GELU_ERF:
+        for (size_t i = 0; i < count; i++)
+            x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
+        return;
+    case ZQ_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            x[i] = x[i] > 0 ? x[i] : 0;
+        return;
+    }
+}
+
+/* Applies the activation in place; every element is computed alone, so the split over threads
+ * does not change any result. */
 static void activate_rows(zq_activation act, float *x, size_t count, int n_threads)
 {
-#pragma omp parallel for num_threads(n_threads) if (count > 4096)
-    for (size_t i = 0; i < count; i++)
-        x[i] = activate(act, x[i]);
+    enum { CHUNK = 4096 };
+    const size_t chunks = (count + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(n_threads) if (chunks > 1)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t begin = c * CHUNK;
+        activate_span(act, x + begin, count - begin < CHUNK ? count - begin : CHUNK);
+    }
 }
 
 static void add_rows(float *x, const float *y, size_t count)
@@ -113,54 +188,120 @@ static void store_kv(zq_kv *const *kvs, const int *pos, const float *qkv, int n,
     }
 }
 
-/* Causal attention of one row and head over positions 0..pos of its cache. */
-static void attend_one(const zq_kernels *k, const float *q, const zq_kv *kv, int layer, int pos,
-                       int head, int hd, int d, float *scores, float *out)
+/* Sets out [hd] to the sum over t < T of p[t] * values[t * d]. Four positions are added per
+ * pass, so out is read and written once per four; the order of the additions is fixed. */
+VECTOR_CLONES static void weighted_sum(const float *p, const float *values, int T, int hd, int d, float *out)
+{
+    memset(out, 0, (size_t)hd * sizeof(float));
+    int t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const float *v0 = values + (size_t)t * d, *v1 = v0 + d, *v2 = v1 + d, *v3 = v2 + d;
+        const float p0 = p[t], p1 = p[t + 1], p2 = p[t + 2], p3 = p[t + 3];
+        SIMD_LOOP
+        for (int j = 0; j < hd; j++)
+            out[j] += (p0 * v0[j] + p1 * v1[j]) + (p2 * v2[j] + p3 * v3[j]);
+    }
+    for (; t < T; t++) {
+        const float *v = values + (size_t)t * d;
+        const float pt = p[t];
+        SIMD_LOOP
+        for (int j = 0; j < hd; j++)
+            out[j] += pt * v[j];
+    }
+}
+
+/* Returns the sum of x[0..n) added in an order fixed by the source (eight running sums, then
+ * a tree), so that it does not depend on the alignment of x as a vectorized reduction would. */
+static float sum_fixed_order(const float *x, int n)
+{
+    float lanes[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            lanes[j] += x[i + j];
+    for (; i < n; i++)
+        lanes[i % 8] += x[i];
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+           ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+/* Turns row scores [T] into attention weights over the causal window [0, n) in place. */
+VECTOR_CLONES static void softmax_window(float *scores, int n, float scale)
+{
+    float max = -INFINITY;
+    for (int t = 0; t < n; t++)
+        max = scores[t] > max ? scores[t] : max;
+    SIMD_LOOP
+    for (int t = 0; t < n; t++)
+        scores[t] = exp_fast((scores[t] - max) * scale);
+    const float inv = 1.0f / sum_fixed_order(scores, n);
+    SIMD_LOOP
+    for (int t = 0; t < n; t++)
+        scores[t] *= inv;
+}
+
+/* Causal attention of one head for rows of one sequence at consecutive positions pos0,
+ * pos0 + 1, ... The scores of all rows are one rows x (pos0 + rows) product with the head's
+ * keys (rows d floats apart in the cache), of which row i uses the first pos0 + i + 1. */
+static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const zq_kv *kv,
+                        int layer, int pos0, int rows, int head, int hd, int d, float *scores,
+                        float *out, size_t ldo)
 {
     const float scale = 1.0f / sqrtf((float)hd);
     const float *keys = kv->k[layer] + (size_t)head * hd;
     const float *values = kv->v[layer] + (size_t)head * hd;
+    const int T = pos0 + rows;
 
-    float max = -INFINITY;
-    for (int t = 0; t <= pos; t++) {
-        scores[t] = k->dot_f32(q, keys + (size_t)t * d, hd) * scale;
-        max = scores[t] > max ? scores[t] : max;
+    k->gemm_f32(rows, T, hd, q, ldq, keys, (size_t)d, scores, (size_t)T);
+    for (int i = 0; i < rows; i++) {
+        float *row = scores + (size_t)i * T;
+        softmax_window(row, pos0 + i + 1, scale);
+        weighted_sum(row, values, pos0 + i + 1, hd, d, out + (size_t)i * ldo);
     }
-    float sum = 0;
-    for (int t = 0; t <= pos; t++) {
-        scores[t] = expf(scores[t] - max);
-        sum += scores[t];
-    }
-
-    memset(out, 0, (size_t)hd * sizeof(float));
-    const float inv = 1.0f / sum;
-    for (int t = 0; t <= pos; t++)
-        k->axpy_f32(scores[t] * inv, values + (size_t)t * d, out, hd);
 }
 
+/* Returns how many rows from r on (at most max) belong to one sequence at consecutive
+ * positions. */
+static int run_length(zq_kv *const *kvs, const int *pos, int r, int max)
+{
+    int len = 1;
+    while (len < max && kvs[r + len] == kvs[r] && pos[r + len] == pos[r] + len)
+        len++;
+    return len;
+}
+
+/* Computes the attention of every row and head. The rows are cut into blocks of ZQ_ATT_ROWS, and each
+ * (block, head) is one work item, so the result does not depend on the thread count. */
 static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos,
                       int n, int layer, int n_threads)
 {
     const int d = m->hp.n_embd;
     const int heads = m->hp.n_head;
     const int hd = d / heads;
-    const int n_ctx = m->hp.n_ctx;
-    const int work = n * heads;
+    const int blocks = (n + ZQ_ATT_ROWS - 1) / ZQ_ATT_ROWS;
+    const int work = blocks * heads;
     if (n_threads > ws->score_threads)
         n_threads = ws->score_threads;
 
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (work > 1)
     for (int i = 0; i < work; i++) {
-        const int r = i / heads;
         const int h = i % heads;
+        const int first = i / heads * ZQ_ATT_ROWS;
+        const int end = first + ZQ_ATT_ROWS < n ? first + ZQ_ATT_ROWS : n;
 #ifdef ZQ_USE_OPENMP
-        float *scores = ws->scores + (size_t)omp_get_thread_num() * n_ctx;
+        float *scores =
+            ws->scores + (size_t)omp_get_thread_num() * ZQ_ATT_ROWS * (size_t)m->hp.n_ctx;
 #else
         float *scores = ws->scores;
 #endif
-        const float *q = ws->qkv + (size_t)r * 3 * d + (size_t)h * hd;
-        float *out = ws->att + (size_t)r * d + (size_t)h * hd;
-        attend_one(m->kernels, q, kvs[r], layer, pos[r], h, hd, d, scores, out);
+        for (int r = first; r < end;) {
+            const int rows = run_length(kvs, pos, r, end - r);
+            const float *q = ws->qkv + (size_t)r * 3 * d + (size_t)h * hd;
+            float *out = ws->att + (size_t)r * d + (size_t)h * hd;
+            attend_rows(m->kernels, q, (size_t)3 * d, kvs[r], layer, pos[r], rows, h, hd, d,
+                        scores, out, (size_t)d);
+            r += rows;
+        }
     }
 }
 

@@ -76,7 +76,7 @@ typedef struct {
     float *qkv;    /* [rows][3 n_embd] */
     float *att;    /* [rows][n_embd] attention output */
     float *mlp;    /* [rows][n_inner] */
-    float *scores; /* [threads][n_ctx] attention weights */
+    float *scores; /* [threads][ZQ_ATT_ROWS][n_ctx] attention weights */
     int score_threads;
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
@@ -84,6 +84,8 @@ typedef struct {
 } zq_workspace;
 
 #define ZQ_HEAD_ROWS 16
+/* Rows of one sequence whose attention scores are one matrix product (prefill). */
+#define ZQ_ATT_ROWS 4
 
 zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);
 void zq_workspace_free(zq_workspace *ws);
