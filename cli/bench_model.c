@@ -3,7 +3,7 @@
  * the model, evaluates a fixed prompt of random ordinary tokens in one batch (prefill), picks
  * the first token greedily, then decodes tokens one at a time without stopping at [SEP]. Each
  * metric is the median over the repeats; the peak RSS is the process's, so one process should
- * measure one configuration.
+ * measure one configuration. The context holds exactly the prompt and the decoded tokens.
  */
 #include "bench.h"
 #include "common.h"
@@ -57,6 +57,7 @@ static void help(void)
            "memory of a model. The prompt is --prompt-len token ids drawn by a seeded\n"
            "generator from the vocabulary without bracketed special tokens; it is evaluated in\n"
            "one batch. Decoding is greedy and runs --decode steps without stopping at [SEP].\n"
+           "The KV cache holds exactly the prompt and the decoded tokens.\n"
            "If the prompt and the decoded tokens exceed the model's positions, the prompt is\n"
            "shortened and a note says so.\n\n"
            "options:\n"
@@ -289,6 +290,7 @@ static void print_json(const bench_session *s, const model_options *o, const run
     cJSON_AddNumberToObject(rec, "decode", o->decode);
     cJSON_AddNumberToObject(rec, "repeats", o->repeats);
     cJSON_AddNumberToObject(rec, "n_ctx", zq_model_hparams(s->model)->n_ctx);
+    cJSON_AddNumberToObject(rec, "context", zq_context_size(s->ctx));
     cJSON_AddNumberToObject(rec, "weights_mb_per_token",
                             cli_bench_round(r->weights_mb_per_token, 3));
     cJSON_AddStringToObject(rec, "kernels", s->model->kernels->name);
@@ -339,7 +341,10 @@ static int fit_prompt(const zq_model *model, const model_options *o, model_resul
 static zq_status open_session(bench_session *s, const model_options *o, int prompt_len)
 {
     const zq_hparams *hp = zq_model_hparams(s->model);
-    const zq_context_params cp = {.n_threads = o->threads, .n_batch = prompt_len};
+    /* The KV cache gets the positions the run needs, as an application that knows its limits
+     * would size it; by default it grows by doubling up to the model's n_ctx. */
+    const zq_context_params cp = {
+        .n_ctx = prompt_len + o->decode, .n_threads = o->threads, .n_batch = prompt_len};
     ZQ_TRY(zq_context_create(s->model, &cp, &s->ctx));
     zq_sampler_params sp;
     zq_sampler_params_default(&sp);
@@ -371,9 +376,11 @@ static int measure(bench_session *s, const model_options *o, model_result *r, in
 {
     zq_status st = open_session(s, o, r->prompt_len);
     run_times warm, runs[MAX_REPEATS];
+    /* The warm-up stays within the context, which holds prompt_len + decode positions. */
     const int warm_prompt = r->prompt_len < WARMUP_PROMPT ? r->prompt_len : WARMUP_PROMPT;
+    const int warm_decode = o->decode < WARMUP_DECODE ? o->decode : WARMUP_DECODE;
     if (st == ZQ_OK)
-        st = generate(s, warm_prompt, WARMUP_DECODE, &warm);
+        st = generate(s, warm_prompt, warm_decode, &warm);
     for (int i = 0; st == ZQ_OK && i < o->repeats; i++)
         st = generate(s, r->prompt_len, o->decode, &runs[i]);
     if (st != ZQ_OK) {

@@ -63,6 +63,8 @@ check model_not_clipped grep -q '"prompt_clipped":false' "$tmp/m1.json"
 check model_two_runs test "$(grep -o '"decode_tok_s"' "$tmp/m1.json" | wc -l)" -eq 3
 
 bench_model --threads 2 --name tiny >"$tmp/m2.json"
+"$ZQ" bench model --json --prompt-len 1 --decode 1 --repeats 1 >"$tmp/one.json"
+check model_one_token_prompt grep -q '"context":2,' "$tmp/one.json"
 tokens() { grep -o '"first_tokens":\[[0-9,]*\]' "$1"; }
 check model_tokens_present test -n "$(tokens "$tmp/m1.json")"
 check model_tokens_same_across_threads test "$(tokens "$tmp/m1.json")" = "$(tokens "$tmp/m2.json")"
