@@ -99,9 +99,11 @@ def decode_limits(bandwidth, records):
     for r in records:
         if r["engine"] == "zq" and r["type"] == "int8" and r["model"] not in limits:
             mb = r["weights_mb_per_token"]
-            limits[r["model"]] = {"weights_mb_per_token": mb}
+            kv = r.get("kv_mb_per_token", 0.0)
+            limits[r["model"]] = {"weights_mb_per_token": mb, "kv_mb_per_token": kv}
             for threads, gb_s in bandwidth.items():
                 limits[r["model"]][threads] = round(gb_s * 1e3 / mb, 1)
+                limits[r["model"]][threads + "_with_kv"] = round(gb_s * 1e3 / (mb + kv), 1)
     return limits
 
 
@@ -271,13 +273,18 @@ def machine_section(results):
     if results.get("duration_s"):
         lines.append(f"- Whole run: {results['duration_s'] / 60:.1f} minutes")
     lines += ["", "Decode limit: bandwidth / bytes of weights one int8 token reads (all matrices "
-              "with their scales, the full output head, biases and layer norms).", "",
-              "| model | MB read per token | " +
-              " | ".join(f"limit at {t} thread(s), tok/s" for t in sorted(bw)) + " |",
-              "|" + "---|" * (2 + len(bw))]
+              "with their scales, the full output head, biases and layer norms). The targets "
+              "use it. The f32 KV cache adds the bytes in the KV column per token on average "
+              "over the decoded positions; the last columns include them.", "",
+              "| model | weights MB/token | KV MB/token | "
+              + " | ".join(f"limit {t} thr, tok/s" for t in sorted(bw)) + " | "
+              + " | ".join(f"with KV {t} thr" for t in sorted(bw)) + " |",
+              "|" + "---|" * (3 + 2 * len(bw))]
     for model, lim in results["decode_limit_tok_s"].items():
         lines.append(f"| {model} | {lim['weights_mb_per_token']:.2f} | "
-                     + " | ".join(fmt(lim.get(t)) for t in sorted(bw)) + " |")
+                     f"{lim.get('kv_mb_per_token', 0):.2f} | "
+                     + " | ".join(fmt(lim.get(t)) for t in sorted(bw)) + " | "
+                     + " | ".join(fmt(lim.get(t + "_with_kv")) for t in sorted(bw)) + " |")
     return lines
 
 

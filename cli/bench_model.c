@@ -271,6 +271,16 @@ static void add_runs(cJSON *rec, const run_times *runs, const model_options *o,
     }
 }
 
+/* Returns the MB of f32 keys and values that one decoding step reads on average: every layer's
+ * cache up to the step's position, over positions prompt_len .. prompt_len + decode - 1. */
+static double kv_mb_per_token(const bench_session *s, const model_options *o,
+                              const model_result *r)
+{
+    const zq_hparams *hp = zq_model_hparams(s->model);
+    const double mean_positions = r->prompt_len + (o->decode + 1) / 2.0;
+    return 2.0 * hp->n_layer * mean_positions * hp->n_embd * sizeof(float) / 1e6;
+}
+
 static void print_json(const bench_session *s, const model_options *o, const run_times *runs,
                        const model_result *r, int threads)
 {
@@ -293,6 +303,7 @@ static void print_json(const bench_session *s, const model_options *o, const run
     cJSON_AddNumberToObject(rec, "context", zq_context_size(s->ctx));
     cJSON_AddNumberToObject(rec, "weights_mb_per_token",
                             cli_bench_round(r->weights_mb_per_token, 3));
+    cJSON_AddNumberToObject(rec, "kv_mb_per_token", cli_bench_round(kv_mb_per_token(s, o, r), 3));
     cJSON_AddStringToObject(rec, "kernels", s->model->kernels->name);
     cJSON *first = cJSON_AddArrayToObject(rec, "first_tokens");
     const int n_first = o->decode + 1 < 8 ? o->decode + 1 : 8;
