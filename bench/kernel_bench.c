@@ -16,7 +16,8 @@
  *       runtime/log.c runtime/status.c /tmp/kernels_avx2.o /tmp/kernels_avx512.o \
  *       -o /tmp/kernel_bench -ldnnl -lm -lpthread
  *   (drop -DZQ_USE_DNNL=1, linear_dnnl.c and -ldnnl to build without oneDNN)
- * Run: /tmp/kernel_bench [--kernels avx2] [--quick] [--prefill-m M]
+ * Run: /tmp/kernel_bench [--kernels avx2] [--quick] [--prefill-m M] [--threads 1|2]
+ * (both thread counts by default)
  *
  * Decode (M = 1) cycles through enough copies of the weights to exceed the last-level cache,
  * so it measures the memory-bound case that generation is. Prefill reuses one copy. Each row
@@ -98,9 +99,9 @@ static double thread_cpu_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Times zq_linear over at least 3 calls and min_seconds in total. With one thread the CPU time
- * of the calling thread is the whole cost of a call, and unlike wall time it does not grow
- * when other processes share the core, so it is the steadier number on a busy machine. */
+/* Times zq_linear over at least 3 calls and min_seconds in total. With one thread, the CPU time
+ * of the calling thread is the whole cost of a call. Unlike wall time it does not grow when
+ * other processes share the core, so it is the steadier number on a busy machine. */
 static timing time_path(weight_pool *p, const zq_kernels *k, zq_dnnl_mode mode, const float *x,
                         int M, float *y, zq_linear_scratch *s, int threads, double min_seconds)
 {
@@ -132,8 +133,8 @@ static void print_row(const shape *sh, int M, int threads, const char *path, tim
            2.0 * M * weight_bytes / seconds / 1e9, weight_bytes / seconds / 1e9);
 }
 
-static void bench_shape(const shape *sh, const zq_kernels *k, int M, double min_seconds,
-                        zq_linear_scratch *s)
+static void bench_shape(const shape *sh, const zq_kernels *k, int M, int only_threads,
+                        double min_seconds, zq_linear_scratch *s)
 {
     const size_t bytes = (size_t)sh->K * sh->N;
     const int n_copies = M == 1 ? (int)(DECODE_POOL_BYTES / bytes) + 1 : 1;
@@ -145,6 +146,8 @@ static void bench_shape(const shape *sh, const zq_kernels *k, int M, double min_
         x[i] = (float)random_s8() / 64.0f;
 
     for (int threads = 1; threads <= 2; threads++) {
+        if (only_threads && threads != only_threads)
+            continue;
         print_row(sh, M, threads, k->name,
                   time_path(&pool, k, ZQ_DNNL_OFF, x, M, y, s, threads, min_seconds));
         if (zq_linear_dnnl_available())
@@ -160,7 +163,7 @@ int main(int argc, char **argv)
 {
     const zq_kernels *k = zq_kernels_best();
     double min_seconds = 0.3;
-    int prefill_m = PREFILL_M;
+    int prefill_m = PREFILL_M, only_threads = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--kernels") == 0 && i + 1 < argc) {
             k = zq_kernels_by_name(argv[++i]);
@@ -176,8 +179,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "kernel_bench: --prefill-m must be at least 2\n");
                 return 2;
             }
+        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            only_threads = atoi(argv[++i]);
         } else {
-            fprintf(stderr, "usage: kernel_bench [--kernels NAME] [--quick] [--prefill-m M]\n");
+            fprintf(stderr, "usage: kernel_bench [--kernels NAME] [--quick] [--prefill-m M] "
+                            "[--threads 1|2]\n");
             return 2;
         }
     }
@@ -195,8 +201,8 @@ int main(int argc, char **argv)
            "| GB/s W |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        bench_shape(&shapes[i], k, 1, min_seconds, &s);
-        bench_shape(&shapes[i], k, prefill_m, min_seconds, &s);
+        bench_shape(&shapes[i], k, 1, only_threads, min_seconds, &s);
+        bench_shape(&shapes[i], k, prefill_m, only_threads, min_seconds, &s);
     }
     zq_linear_scratch_free(&s);
     return 0;

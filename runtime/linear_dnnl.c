@@ -3,8 +3,9 @@
  * zq_linear where it is faster than ZQ's own kernels. The exactness scheme is described in
  * linear_dnnl.h.
  *
- * One primitive per weight shape (N, K) with a run-time M, created on first use and kept in a
- * process-wide cache, so prompts of any length reuse it. oneDNN computes
+ * One primitive per weight shape (N, K) and thread count, with a run-time M, is created on
+ * first use and kept in a process-wide cache, so prompts of any length reuse it. A full cache
+ * (more than CACHE_MAX shapes) sends further shapes to ZQ's kernels. oneDNN computes
  * f32(sum_k (u[m][k] - zp) * w[n][k]) * w_scale[n] into y. This file then applies the token
  * scale and the bias in the same order as ZQ's own path, ((acc * w_scale) * x_scale) + bias.
  */
