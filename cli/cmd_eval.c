@@ -179,12 +179,15 @@ static void print_table(const options *o, zq_model *const *models, int ref,
     printf("text %s: %d tokens (%s framing), %lld scored, window %d, stride %d\n", o->text,
            n_ids, framing, res[ref].stats.tokens, o->p.window, o->p.stride);
     printf("reference: %s\n\n", o->paths[ref]);
-    printf("%-32s %-5s %9s %7s %9s %9s %9s %9s %7s %10s %9s\n", "model", "type", "ppl",
+    int width = 5;
+    for (int i = 0; i < o->n_paths; i++)
+        width = (int)strlen(o->paths[i]) > width ? (int)strlen(o->paths[i]) : width;
+    printf("%-*s %-5s %9s %7s %9s %9s %9s %9s %7s %10s %9s\n", width, "model", "type", "ppl",
            "ratio", "kld_mean", "kld_med", "kld_p99", "kld_max", "top1_%", "dp_mean", "dp_rms");
     for (int i = 0; i < o->n_paths; i++) {
         const zq_eval_stats *s = &res[i].stats;
         /* Random-weight test models reach perplexities beyond the fixed-point column. */
-        printf(s->ppl < 1e5 ? "%-32s %-5s %9.4f" : "%-32s %-5s %9.3e", o->paths[i],
+        printf(s->ppl < 1e5 ? "%-*s %-5s %9.4f" : "%-*s %-5s %9.3e", width, o->paths[i],
                zq_type_name(zq_model_type(models[i])), s->ppl);
         printf(" %7.4f %9.3e %9.3e %9.3e %9.3e %7.3f %+10.3e %9.3e\n", s->ppl_ratio,
                s->kld_mean, s->kld_median, s->kld_p99, s->kld_max, 100 * s->same_top1,
@@ -193,7 +196,7 @@ static void print_table(const options *o, zq_model *const *models, int ref,
     if (!o->p.per_layer)
         return;
     printf("\nper layer, mean over scored tokens, against the reference:\n");
-    printf("%-32s %-6s %10s %10s\n", "model", "layer", "cos_sim", "rel_err");
+    printf("%-*s %-6s %10s %10s\n", width, "model", "layer", "cos_sim", "rel_err");
     for (int i = 0; i < o->n_paths; i++) {
         if (i == ref)
             continue;
@@ -203,7 +206,7 @@ static void print_table(const options *o, zq_model *const *models, int ref,
                 snprintf(name, sizeof name, "ln_f");
             else
                 snprintf(name, sizeof name, "h.%d", l);
-            printf("%-32s %-6s %10.6f %10.3e\n", o->paths[i], name, res[i].layer_cos[l],
+            printf("%-*s %-6s %10.6f %10.3e\n", width, o->paths[i], name, res[i].layer_cos[l],
                    res[i].layer_rel[l]);
         }
     }
