@@ -98,12 +98,15 @@ static ALWAYS_INLINE void s8_tail(int mr, int nr, const int8_t *const *a, const 
 /* Rows of a few hundred bytes are too short for the hardware prefetcher to ramp up, which
  * starves decode (M = 1 streams each weight row once) and small M. So while a tile runs, this
  * fetches the rows of the next tile, which follow in memory when rows are contiguous. Each step
- * of `step` columns prefetches the next nr * step bytes, so the whole next tile is requested by
+ * of step_bytes per row prefetches the next nr * step_bytes bytes, so the whole next tile is requested by
  * the end of this one. Prefetches past the matrix, or of repeated edge rows, do no harm. */
-static ALWAYS_INLINE void prefetch_next_rows(int nr, const int8_t *const *w, int k, int step)
+static ALWAYS_INLINE void prefetch_next_rows(int nr, const void *const *w, size_t k_bytes,
+                                              size_t step_bytes)
 {
-    const int8_t *next = w[nr - 1] + (w[1] - w[0]) + (size_t)k * nr;
-    for (int line = 0; line < nr * step; line += 64)
+    /* Integer arithmetic: the address may lie past the matrix, where a pointer may not point. */
+    const uintptr_t stride = (uintptr_t)w[1] - (uintptr_t)w[0];
+    const uintptr_t next = (uintptr_t)w[nr - 1] + stride + k_bytes * (size_t)nr;
+    for (size_t line = 0; line < (size_t)nr * step_bytes; line += 64)
         _mm_prefetch((const char *)(next + line), _MM_HINT_T0);
 }
 
@@ -119,7 +122,7 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        prefetch_next_rows(nr, w, k, 32);
+        prefetch_next_rows(nr, (const void *const *)w, (size_t)k, 32);
         s8_step(mr, nr, a, w, (size_t)k, acc);
     }
     if (k < K)
@@ -188,8 +191,11 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
             acc[m][j] = _mm256_setzero_ps();
 
     int k = 0;
-    for (; k + 8 <= K; k += 8)
+    const size_t w_size = f16 ? 2 : 4;
+    for (; k + 8 <= K; k += 8) {
+        prefetch_next_rows(nr, w, (size_t)k * w_size, 8 * w_size);
         float_step(mr, nr, a, w, f16, (size_t)k, 8, acc);
+    }
     if (k < K)
         float_step(mr, nr, a, w, f16, (size_t)k, K - k, acc);
 

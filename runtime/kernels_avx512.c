@@ -82,12 +82,15 @@ static ALWAYS_INLINE void s8_step(int mr, int nr, const int8_t *const *a, const 
 /* Rows of a few hundred bytes are too short for the hardware prefetcher to ramp up, which
  * starves decode (M = 1 streams each weight row once) and small M. So while a tile runs, this
  * fetches the rows of the next tile, which follow in memory when rows are contiguous. Each step
- * of `step` columns prefetches the next nr * step bytes, so the whole next tile is requested by
+ * of step_bytes per row prefetches the next nr * step_bytes bytes, so the whole next tile is requested by
  * the end of this one. Prefetches past the matrix, or of repeated edge rows, do no harm. */
-static ALWAYS_INLINE void prefetch_next_rows(int nr, const int8_t *const *w, int k, int step)
+static ALWAYS_INLINE void prefetch_next_rows(int nr, const void *const *w, size_t k_bytes,
+                                              size_t step_bytes)
 {
-    const int8_t *next = w[nr - 1] + (w[1] - w[0]) + (size_t)k * nr;
-    for (int line = 0; line < nr * step; line += 64)
+    /* Integer arithmetic: the address may lie past the matrix, where a pointer may not point. */
+    const uintptr_t stride = (uintptr_t)w[1] - (uintptr_t)w[0];
+    const uintptr_t next = (uintptr_t)w[nr - 1] + stride + k_bytes * (size_t)nr;
+    for (size_t line = 0; line < (size_t)nr * step_bytes; line += 64)
         _mm_prefetch((const char *)(next + line), _MM_HINT_T0);
 }
 
@@ -105,7 +108,7 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
     int k = 0;
     for (; k + 64 <= K; k += 64) {
-        prefetch_next_rows(nr, w, k, 64);
+        prefetch_next_rows(nr, (const void *const *)w, (size_t)k, 64);
         s8_step(mr, nr, a, w, (size_t)k, ~0ULL, 1, acc, wsum);
     }
     if (k < K)
@@ -131,24 +134,30 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
 /* ---- f32 and f16 tiles ------------------------------------------------------------------- */
 
-static ALWAYS_INLINE __m512 load_w(const void *w, int f16, size_t k, __mmask16 mask)
+/* Loads 16 weights at k as floats, only the lanes in mask unless full is set (masked loads of
+ * full vectors measured slower). */
+static ALWAYS_INLINE __m512 load_w(const void *w, int f16, size_t k, __mmask16 mask, int full)
 {
-    if (f16)
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)w + k));
-    return _mm512_maskz_loadu_ps(mask, (const float *)w + k);
+    if (f16) {
+        const uint16_t *p = (const uint16_t *)w + k;
+        return _mm512_cvtph_ps(full ? _mm256_loadu_si256((const __m256i *)p)
+                                    : _mm256_maskz_loadu_epi16(mask, p));
+    }
+    const float *p = (const float *)w + k;
+    return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask, p);
 }
 
 /* acc[m][j] += a[m] * w[j] lane-wise over the floats at [k, k + 16) that mask selects. */
 static ALWAYS_INLINE void float_step(int mr, int nr, const float *const *a, const void *const *w,
-                                     int f16, size_t k, __mmask16 mask,
+                                     int f16, size_t k, __mmask16 mask, int full,
                                      __m512 acc[ZQ_TILE_MR_MAX][TILE_NR_MAX])
 {
     __m512 av[ZQ_TILE_MR_MAX];
     for (int m = 0; m < mr; m++)
-        av[m] = _mm512_maskz_loadu_ps(mask, a[m] + k);
+        av[m] = full ? _mm512_loadu_ps(a[m] + k) : _mm512_maskz_loadu_ps(mask, a[m] + k);
 #pragma GCC unroll 8
     for (int j = 0; j < nr; j++) {
-        __m512 wv = load_w(w[j], f16, k, mask);
+        __m512 wv = load_w(w[j], f16, k, mask, full);
 #pragma GCC unroll 4
         for (int m = 0; m < mr; m++)
             acc[m][j] = _mm512_fmadd_ps(av[m], wv, acc[m][j]);
@@ -165,10 +174,13 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
             acc[m][j] = _mm512_setzero_ps();
 
     int k = 0;
-    for (; k + 16 <= K; k += 16)
-        float_step(mr, nr, a, w, f16, (size_t)k, 0xffff, acc);
+    const size_t w_size = f16 ? 2 : 4;
+    for (; k + 16 <= K; k += 16) {
+        prefetch_next_rows(nr, w, (size_t)k * w_size, 16 * w_size);
+        float_step(mr, nr, a, w, f16, (size_t)k, 0xffff, 1, acc);
+    }
     if (k < K)
-        float_step(mr, nr, a, w, f16, (size_t)k, (__mmask16)((1u << (K - k)) - 1), acc);
+        float_step(mr, nr, a, w, f16, (size_t)k, (__mmask16)((1u << (K - k)) - 1), 0, acc);
 
     float *c = out;
     for (int half = 0; half * 8 < mr * nr; half++) {
