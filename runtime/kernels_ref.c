@@ -50,7 +50,7 @@ static void gemm_f32_ref(int M, int N, int K, const float *A, size_t lda, const 
     }
 }
 
-/* NaN inputs are skipped by the max and quantize to -127 (see zq_quant_value); the SIMD
+/* NaN inputs are skipped by the max and quantize to -127 (see zq_quant_value). The SIMD
  * variants do the same, so every variant agrees even on non-finite rows. */
 static void quantize_row_s8_ref(const float *x, int K, int8_t *q, float *scale)
 {

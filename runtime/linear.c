@@ -214,7 +214,8 @@ void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const
     }
 
     /* The caller sizes the scratch; a smaller one is a bug in the caller, not bad input. */
-    assert(s && s->q);
+    assert(s != NULL);
+    assert(s->q != NULL);
     assert(w->cols <= s->max_k);
     assert(w->group == 0 || w->cols % w->group == 0);
     for (int m0 = 0; m0 < M; m0 += s->max_m) {

@@ -216,7 +216,8 @@ static void test_quantize_ref_bounds(void)
             amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
         CHECK(scale == amax / 127.0f, "K=%d: scale %.9g, want %.9g", K, scale, amax / 127.0f);
         for (int i = 0; i < K; i++) {
-            CHECK(q[i] >= -127 && q[i] <= 127, "q[%d] = %d", i, q[i]);
+            CHECK(q[i] >= -127, "q[%d] = %d", i, q[i]);
+            CHECK(q[i] <= 127, "q[%d] = %d", i, q[i]);
             CHECK(fabsf(x[i] - q[i] * scale) <= scale * 0.5f * (1 + 1e-5f) + FLT_MIN,
                   "K=%d x[%d] = %.9g q = %d scale %.9g", K, i, x[i], q[i], scale);
             if (fabsf(x[i]) == amax)
@@ -274,7 +275,8 @@ static void test_quantize_extremes_ref(void)
     ref->quantize_row_s8(x, 5, q, &scale);
     CHECK_EQ_INT(q[0], -127);
     CHECK_EQ_INT(q[2], 0);
-    CHECK(scale > 0 && isfinite(scale), "scale %.9g", scale);
+    CHECK(scale > 0, "scale %.9g", scale);
+    CHECK(isfinite(scale), "scale %.9g", scale);
 
     float zeros[4] = {0};
     ref->quantize_row_s8(zeros, 4, q, &scale);
@@ -292,7 +294,7 @@ static void test_quantize_extremes_ref(void)
 /* ---- float GEMMs ------------------------------------------------------------------------- */
 
 /* Checks C (from k->gemm_f32 or gemm_f16) against double sums: finite and within
- * GEMM_FLOAT_REL_TOL of sum |a_k * w_k|. wf holds the weights as floats. */
+ * GEMM_FLOAT_REL_TOL of sum |a_k * w_k|. wf contains the weights as floats. */
 static int check_float_gemm(const char *name, const char *type, int M, int N, int K,
                             const float *A, const float *wf, const float *C, size_t ldc)
 {
