@@ -2,7 +2,7 @@
 dialogue corpus, as the accuracy peer of `zq eval`.
 
 Usage: torch_accuracy.py --model HF_DIR --text data/zh-dialogue-valid.tsv [--window 128
-       --stride 128 --json OUT] [--threads 2 --qengine onednn --max-tokens N]
+       --stride 128 --json OUT] [--threads 1 --qengine onednn --max-tokens N]
 
 Framing, which must match `zq eval`: each line of the text file is one dialogue whose turns are
 separated by TAB, and becomes [CLS] turn [SEP] turn [SEP] ... with the model's own WordPiece
@@ -41,7 +41,9 @@ def parse_args():
     p.add_argument("--window", type=int, default=128, help="tokens per window (default 128)")
     p.add_argument("--stride", type=int, help="tokens between window starts (default --window)")
     p.add_argument("--json", help="write the result to this file")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    # One thread by default. On zh-chat-tiny, 2 threads gave the same results but took 403 s
+    # instead of 52 s, because the machine's 2 cores were shared with other jobs.
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.add_argument("--qengine", choices=QENGINES, default="onednn",
                    help="torch.backends.quantized.engine for int8 (default onednn)")
     p.add_argument("--max-tokens", type=int,

@@ -46,9 +46,10 @@ def parse_args():
                    help="fp32, or int8 by quantize_dynamic (default fp32)")
     p.add_argument("--threads", type=int, default=1, help="cores to use (default 1)")
     p.add_argument("--omp-threads", type=int,
-                   help="OMP_NUM_THREADS and torch.set_num_threads (default --threads)")
+                   help="OMP_NUM_THREADS and torch.set_num_threads (default 1 for fp32, "
+                        "--threads for int8)")
     p.add_argument("--blas-threads", type=int,
-                   help="OPENBLAS_NUM_THREADS (default 1 for int8, --threads for fp32)")
+                   help="OPENBLAS_NUM_THREADS (default --threads for fp32, 1 for int8)")
     p.add_argument("--sweep", action="store_true",
                    help="try each OMP/OpenBLAS thread combination up to --threads in a "
                         "separate process and report the one with the fastest decode")
@@ -66,8 +67,9 @@ def parse_args():
     args = p.parse_args()
     if args.threads < 1 or args.repeats < 1 or args.decode < 1 or args.prompt_len < 1:
         p.error("--threads, --repeats, --decode and --prompt-len must be at least 1")
+    # fp32 spends its time in OpenBLAS, and int8 in oneDNN or qnnpack on the OpenMP pool.
     if args.omp_threads is None:
-        args.omp_threads = args.threads
+        args.omp_threads = args.threads if args.engine == "int8" else 1
     if args.blas_threads is None:
         args.blas_threads = 1 if args.engine == "int8" else args.threads
     if args.qengine is None and args.engine == "int8" and not args.sweep:
