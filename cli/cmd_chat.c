@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define CMD "chat"
@@ -27,7 +28,8 @@ static void help(void)
     printf("usage: zq chat [-m MODEL.zq] [options]\n\n"
            "Reads one user turn per line from standard input and prints each reply on its own\n"
            "line. The last exchanges are kept as context; the oldest are dropped when the\n"
-           "context window would overflow. Commands: /reset clears the history, /quit exits.\n\n"
+           "context window would overflow. Commands: /reset clears the history, /quit exits,\n"
+           "/help lists them; any other line that starts with '/' is not sent to the model.\n\n"
            "options:\n"
            "  -m, --model FILE         the .zq model (default: the embedded zh-chat-tiny)\n"
            "  --history N              exchanges kept as context, 0..%d (default 3)\n"
@@ -81,6 +83,23 @@ static char *trim(char *line)
     return line;
 }
 
+/* Handles a line that starts with '/'. Returns -1 for /quit, 0 otherwise. */
+static int run_command(zq_chat *chat, const char *text, int verbosity)
+{
+    if (!strcasecmp(text, "/quit") || !strcasecmp(text, "/exit"))
+        return -1;
+    if (!strcasecmp(text, "/reset")) {
+        zq_chat_reset(chat);
+        if (verbosity > 0)
+            fprintf(stderr, "zq chat: history cleared\n");
+    } else if (!strcasecmp(text, "/help")) {
+        fprintf(stderr, "commands: /reset clears the history, /quit exits, /help shows this\n");
+    } else {
+        fprintf(stderr, "zq chat: unknown command '%s'; /help lists the commands\n", text);
+    }
+    return 0;
+}
+
 static int chat_loop(zq_chat *chat, output *out, int verbosity)
 {
     const bool interactive = isatty(STDIN_FILENO);
@@ -96,12 +115,14 @@ static int chat_loop(zq_chat *chat, output *out, int verbosity)
         char *text = trim(line);
         if (!*text)
             continue;
-        if (!strcmp(text, "/quit") || !strcmp(text, "/exit"))
-            break;
-        if (!strcmp(text, "/reset")) {
-            zq_chat_reset(chat);
-            if (verbosity > 0)
-                fprintf(stderr, "zq chat: history cleared\n");
+        if (text[0] == '/') {
+            const int cmd = run_command(chat, text, verbosity);
+            if (cmd < 0)
+                break;
+            continue;
+        }
+        if (!cli_check_text(CMD, "the message", text)) {
+            rc = ZQ_EXIT_FAIL;
             continue;
         }
         if (out->filter && zq_filter_match(out->filter, text, strlen(text))) {
@@ -111,12 +132,13 @@ static int chat_loop(zq_chat *chat, output *out, int verbosity)
             continue;
         }
         const zq_status st = zq_chat_reply(chat, text, print_piece, out, NULL, 0);
-        finish_reply(out);
         if (st != ZQ_OK) {
+            /* The reply is empty on failure; one bad turn (e.g. too long) ends nothing. */
             cli_error_status(CMD, st);
             rc = ZQ_EXIT_FAIL;
-            continue; /* one bad turn (e.g. too long) does not end the session */
+            continue;
         }
+        finish_reply(out);
         if (verbosity > 0)
             fprintf(stderr, "zq chat: turn %d: history %d exchanges\n", ++turn,
                     zq_chat_exchanges(chat));

@@ -6,11 +6,16 @@
 #include "commands.h"
 #include "common.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CMD "quantize"
@@ -178,6 +183,74 @@ static int parse_options(int argc, char **argv, options *o)
     return ZQ_EXIT_OK;
 }
 
+/* The writer's temporary file, "<out>.tmp-<pid>", removed if a signal ends the run. */
+static char temp_path[PATH_MAX];
+
+static void remove_temp_and_die(int sig)
+{
+    unlink(temp_path); /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void remove_temp_on_signals(const char *out)
+{
+    snprintf(temp_path, sizeof temp_path, "%s.tmp-%ld", out, (long)getpid());
+    const int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGXFSZ};
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
+        signal(signals[i], remove_temp_and_die);
+}
+
+/* Returns true if path names the same file as an entry of dir, so writing would destroy it. */
+static bool is_source_file(const char *dir, const struct stat *out)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return false;
+    bool same = false;
+    const struct dirent *e;
+    while (!same && (e = readdir(d)) != NULL) {
+        char path[PATH_MAX];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        same = stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_dev == out->st_dev &&
+               sb.st_ino == out->st_ino;
+    }
+    closedir(d);
+    return same;
+}
+
+/* Checks the output path before any work: not empty, not a folder, not one of the source
+ * files, and in a writable folder. Returns an exit status. */
+static int check_output(const char *dir, const char *out)
+{
+    if (!out[0]) {
+        cli_error(CMD, "the output path given with -o is empty");
+        return ZQ_EXIT_USAGE;
+    }
+    struct stat sb;
+    if (stat(out, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) {
+            cli_error(CMD, "output '%s' is a folder; give a file name such as %s/model.zq", out,
+                      out);
+            return ZQ_EXIT_USAGE;
+        }
+        if (is_source_file(dir, &sb)) {
+            cli_error(CMD, "output '%s' is one of the source files in '%s'; choose another "
+                      "path", out, dir);
+            return ZQ_EXIT_USAGE;
+        }
+    }
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", out);
+    const char *folder = dirname(parent);
+    if (access(folder, W_OK) != 0) {
+        cli_error(CMD, "cannot write to folder '%s': %s", folder, strerror(errno));
+        return ZQ_EXIT_FAIL;
+    }
+    return ZQ_EXIT_OK;
+}
+
 int zq_cmd_quantize(int argc, char **argv)
 {
     static options o;
@@ -185,6 +258,10 @@ int zq_cmd_quantize(int argc, char **argv)
     const int rc = parse_options(argc, argv, &o);
     if (rc != ZQ_EXIT_OK)
         return rc < 0 ? ZQ_EXIT_OK : rc;
+    const int out_rc = check_output(o.dir, o.out);
+    if (out_rc != ZQ_EXIT_OK)
+        return out_rc;
+    remove_temp_on_signals(o.out);
     if (!o.quiet && isatty(STDERR_FILENO))
         o.p.progress = progress_bar;
 

@@ -59,6 +59,12 @@ int zq_cmd_run(int argc, char **argv)
         cli_error(CMD, "expected -p PROMPT and no other arguments; run 'zq run --help'");
         return ZQ_EXIT_USAGE;
     }
+    if (!prompt[0]) {
+        cli_error(CMD, "the prompt given with -p is empty");
+        return ZQ_EXIT_USAGE;
+    }
+    if (!cli_check_text(CMD, "the prompt", prompt))
+        return ZQ_EXIT_USAGE;
     cli_set_verbosity(verbosity);
 
     zq_model *model = cli_load_model(CMD, cli_model_path(model_path), params.n_threads);

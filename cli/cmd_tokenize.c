@@ -79,6 +79,8 @@ int zq_cmd_tokenize(int argc, char **argv)
         cli_error(CMD, "expected one TEXT argument; run 'zq tokenize --help'");
         return ZQ_EXIT_USAGE;
     }
+    if (!cli_check_text(CMD, "the text", argv[optind]))
+        return ZQ_EXIT_USAGE;
     zq_model *model = cli_load_model(CMD, cli_model_path(model_path), 1);
     if (!model)
         return ZQ_EXIT_FAIL;

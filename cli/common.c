@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -89,11 +90,46 @@ const char *cli_model_path(const char *given)
     return path;
 }
 
+/* Returns the length of the valid UTF-8 sequence at s (1..4), or 0 if it is invalid. */
+static int utf8_sequence(const unsigned char *s)
+{
+    if (s[0] < 0x80)
+        return 1;
+    const int n = s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    /* The leading bits of the code point reject overlong forms, surrogates and > U+10FFFF. */
+    const unsigned top3 = ((s[0] & 0x0Fu) << 6) | (s[1] & 0x3Fu); /* code point >> 6 */
+    const unsigned top4 = ((s[0] & 0x07u) << 6) | (s[1] & 0x3Fu); /* code point >> 12 */
+    if (n == 3 && (top3 < 0x20 || (top3 >= 0x360 && top3 < 0x380)))
+        return 0;
+    if (n == 4 && (top4 < 0x10 || top4 > 0x10F))
+        return 0;
+    return n;
+}
+
+bool cli_check_text(const char *cmd, const char *what, const char *text)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    for (size_t i = 0; s[i];) {
+        const int n = utf8_sequence(s + i);
+        if (n == 0) {
+            cli_error(cmd, "invalid UTF-8 in %s at byte %zu; give the text in UTF-8", what, i);
+            return false;
+        }
+        i += (size_t)n;
+    }
+    return true;
+}
+
 zq_model *cli_load_model(const char *cmd, const char *path, int n_threads)
 {
-    if (access(path, F_OK) != 0) {
-        cli_error(cmd, "model file '%s' not found: pass -m MODEL.zq, or run make to build the "
-                  "default model", path);
+    struct stat sb;
+    if (stat(path, &sb) != 0 && errno == ENOENT) {
+        const bool is_default = strcmp(path, cli_model_path(NULL)) == 0;
+        cli_error(cmd, "model file '%s' not found%s", path,
+                  is_default ? ": pass -m MODEL.zq, or run make to build the default model" : "");
         return NULL;
     }
     const zq_load_params lp = {.n_threads = n_threads};

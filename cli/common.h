@@ -33,6 +33,10 @@ bool cli_parse_u64(const char *cmd, const char *option, const char *text, uint64
  * built by make next to the zq executable (zh-chat-tiny.zq). */
 const char *cli_model_path(const char *given);
 
+/* Returns true if text is valid UTF-8 without NUL; otherwise prints "invalid UTF-8 in WHAT at
+ * byte N" and returns false. */
+bool cli_check_text(const char *cmd, const char *what, const char *text);
+
 /* Loads a model, printing the error and returning NULL on failure. */
 zq_model *cli_load_model(const char *cmd, const char *path, int n_threads);
 

@@ -47,9 +47,15 @@ int main(int argc, char **argv)
         printf("zq %s\n", ZQ_VERSION_STRING);
         return ZQ_EXIT_OK;
     }
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name))
-            return commands[i].run(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name) != 0)
+            continue;
+        /* getopt prints argv[0] in front of its messages ("zq run: unrecognized option"). */
+        char name[64];
+        snprintf(name, sizeof name, "zq %s", commands[i].name);
+        argv[1] = name;
+        return commands[i].run(argc - 1, argv + 1);
+    }
     fprintf(stderr, "zq: error: unknown command '%s'; run 'zq --help' for the list\n", argv[1]);
     return ZQ_EXIT_USAGE;
 }

@@ -138,9 +138,12 @@ zq_status zq_chat_build_prompt(const zq_model *model, const char *const *turns, 
             return ZQ_OK;
         }
     }
+    int n_last = 0;
+    zq_tokenize(model, turns[n_turns - 1], NULL, 0, &n_last);
     return zq_fail(ZQ_ERR_CONTEXT_FULL,
-                   "the message does not fit in the context of %d tokens with room for %d new "
-                   "tokens", n_ctx, reserve);
+                   "the message has %d tokens, and with [CLS], [SEP] and room for %d new tokens "
+                   "it does not fit in the context of %d tokens",
+                   n_last, reserve, n_ctx);
 }
 
 /* Evaluates the prompt, reusing the cached prefix it shares with the previous prompt. */
@@ -262,18 +265,26 @@ zq_status zq_chat_reply(zq_chat *chat, const char *user_text, zq_text_fn on_text
 
     const int n_ctx = zq_context_size(chat->ctx);
     const int reserve = chat->params.max_new_tokens < n_ctx - 2 ? chat->params.max_new_tokens
-                                                                : n_ctx / 2;
+                                                                : n_ctx - 2;
     int n = 0;
     int dropped = 0;
-    ZQ_TRY(zq_chat_build_prompt(chat->model, turns, kept + 1, n_ctx, reserve, chat->ids, n_ctx,
-                                &n, &dropped));
+    zq_status st = zq_chat_build_prompt(chat->model, turns, kept + 1, n_ctx, reserve, chat->ids,
+                                        n_ctx, &n, &dropped);
+    if (st == ZQ_ERR_CONTEXT_FULL) {
+        /* A message too long to leave max_new_tokens of room still gets a shorter reply: the
+         * whole history goes, and the reply may use whatever room is left. */
+        st = zq_chat_build_prompt(chat->model, &turns[kept], 1, n_ctx, 1, chat->ids, n_ctx, &n,
+                                  &dropped);
+        dropped = kept / 2;
+    }
+    ZQ_TRY(st);
     if (dropped > 0)
         ZQ_DEBUG("dropped %d oldest exchanges to fit the context", dropped);
     ZQ_TRY(prefill(chat, n));
 
     text_buf text = {0};
     bool stopped = false;
-    zq_status st = generate(chat, n, on_text, user, &text, &stopped);
+    st = generate(chat, n, on_text, user, &text, &stopped);
     const char *result = text.text ? text.text : "";
     if (st == ZQ_OK && !stopped) {
         /* History beyond what fitted was dropped from the prompt; forget it for good. */

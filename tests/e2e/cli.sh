@@ -44,6 +44,19 @@ check quantize_missing_dir_no_file test ! -e "$tmp/x.zq"
 check quantize_bad_type_exit2 test $? -eq 2
 check quantize_bad_type_message grep -q "invalid value 'int4' for --type" "$tmp/err"
 
+mkdir "$tmp/src" && cp models/zh-chat-tiny/*.json models/zh-chat-tiny/vocab.txt \
+    models/zh-chat-tiny/model.safetensors "$tmp/src/"
+before=$(cksum <"$tmp/src/model.safetensors")
+"$ZQ" quantize "$tmp/src" -o "$tmp/src/model.safetensors" 2>"$tmp/err"
+check quantize_onto_source_exit2 test $? -eq 2
+check quantize_onto_source_message grep -q "is one of the source files" "$tmp/err"
+check quantize_onto_source_kept test "$(cksum <"$tmp/src/model.safetensors")" = "$before"
+"$ZQ" quantize "$tmp/src" -o "" 2>"$tmp/err"
+check quantize_empty_output_exit2 test $? -eq 2
+"$ZQ" quantize "$tmp/src" -o "$tmp" 2>"$tmp/err"
+check quantize_output_folder_exit2 test $? -eq 2
+check quantize_output_folder_message grep -q "is a folder" "$tmp/err"
+
 # --- tokenize ---------------------------------------------------------------------------------
 out=$("$ZQ" tokenize -m "$tmp/zh-int8.zq" "你好，世界！")
 check tokenize_ids test "$out" = "136 149 73 605 764 75"
@@ -55,6 +68,10 @@ out=$("$ZQ" tokenize -m "$tmp/added.zq" --tokens "我爱人工智能")
 check added_token_kept_whole test "$out" = "我 爱 人工智能"
 out=$("$ZQ" tokenize -m "$tmp/added.zq" "人工智能")
 check added_token_id test "$out" = "3817"
+
+"$ZQ" tokenize -m "$tmp/zh-int8.zq" "$(printf 'ab\377cd')" 2>"$tmp/err"
+check tokenize_invalid_utf8_exit2 test $? -eq 2
+check tokenize_invalid_utf8_message grep -q "invalid UTF-8 in the text at byte 2" "$tmp/err"
 
 # --- run --------------------------------------------------------------------------------------
 # Greedy decoding of the f32 model follows the float64 reference continuation of "你好".
@@ -77,6 +94,17 @@ head -c 1000 "$tmp/zh-int8.zq" >"$tmp/cut.zq"
 check run_truncated_model_fails test $? -eq 1
 check run_truncated_model_names_file grep -q "cut.zq" "$tmp/err"
 
+"$ZQ" run -m "$tmp/zh-int8.zq" -p "" 2>"$tmp/err"
+check run_empty_prompt_exit2 test $? -eq 2
+# A prompt of 200 tokens leaves less than --max-new-tokens of room: the reply gets what is left.
+long=$(printf '我们%.0s' $(seq 100))
+out=$("$ZQ" run -m "$tmp/zh-int8.zq" -p "$long" --seed 1 --max-new-tokens 64)
+check run_long_prompt_replies test $? -eq 0
+long=$(printf '我们%.0s' $(seq 130))
+"$ZQ" run -m "$tmp/zh-int8.zq" -p "$long" 2>"$tmp/err"
+check run_too_long_prompt_fails test $? -eq 1
+check run_too_long_prompt_counts grep -q "the message has 260 tokens" "$tmp/err"
+
 # --- chat -------------------------------------------------------------------------------------
 printf '你好\n你是谁\n你去哪儿了\n我们需要谈谈\n/reset\n你好\n' |
     "$ZQ" chat -m "$tmp/zh-int8.zq" -v --temperature 0 --max-new-tokens 16 \
@@ -94,6 +122,12 @@ printf '你好\n你是谁\n你去哪儿了\n' |
         >/dev/null 2>"$tmp/chat.err"
 hist=$(grep -o 'history [0-9][0-9]*' "$tmp/chat.err" | cut -d' ' -f2 | tr '\n' ' ')
 check chat_history_option test "$hist" = "1 1 1 "
+
+printf '/help\n/nonsense\n你好\n/QUIT\n你好\n' |
+    "$ZQ" chat -m "$tmp/zh-int8.zq" --temperature 0 --max-new-tokens 8 >"$tmp/chat.out" \
+        2>"$tmp/chat.err"
+check chat_commands_not_sent test "$(wc -l <"$tmp/chat.out")" -eq 1
+check chat_unknown_command_message grep -q "unknown command '/nonsense'" "$tmp/chat.err"
 
 # Turns of 100 characters: with 64 new tokens reserved, the 256-token context holds only one
 # earlier exchange, so the oldest are dropped instead of failing.
