@@ -17,6 +17,12 @@ endif
 ifeq ($(filter $(SANITIZE),0 1),)
 $(error SANITIZE must be 0 or 1, got '$(SANITIZE)')
 endif
+ifeq ($(filter $(DEBUG),0 1),)
+$(error DEBUG must be 0 or 1, got '$(DEBUG)')
+endif
+ifeq ($(strip $(BUILD)),)
+$(error BUILD must name a folder, got an empty value)
+endif
 
 ARCH := $(shell uname -m)
 
@@ -30,6 +36,9 @@ endif
 ifeq ($(OPENMP),1)
 CFLAGS  += -fopenmp -DZQ_USE_OPENMP=1
 LDLIBS  += -fopenmp
+else
+# Without OpenMP the parallel loops run serially by design, so their pragmas are expected.
+CFLAGS  += -Wno-unknown-pragmas
 endif
 ifeq ($(DNNL),1)
 CFLAGS  += -DZQ_USE_DNNL=1
@@ -64,8 +73,11 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 DEFAULT_MODEL := $(BUILD)/zh-chat-tiny.zq
 DEPS_STAMP    := $(BUILD)/.deps-ok
+# The compiler command line of this build; objects rebuild when a switch changes it.
+FLAGS_STAMP   := $(BUILD)/.flags
+FLAGS_TEXT    := $(CC) $(CFLAGS) $(LDLIBS)
 
-.PHONY: all deps run test bench clean lib format
+.PHONY: all deps run test bench clean lib format FORCE
 # Keep test objects, which make would otherwise delete as intermediate files.
 .SECONDARY:
 all: $(BUILD)/zq $(BUILD)/libzq.a $(BUILD)/libzq.so $(DEFAULT_MODEL) $(TEST_BIN)
@@ -76,9 +88,13 @@ deps:
 $(DEPS_STAMP):
 	@scripts/setup-deps.sh
 	@mkdir -p $(BUILD) && touch $@
-	@echo "zq build: arch=$(ARCH) OPENMP=$(OPENMP) DNNL=$(DNNL) SANITIZE=$(SANITIZE) -> $(BUILD)/"
 
-$(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
+$(FLAGS_STAMP): FORCE | $(DEPS_STAMP)
+	@echo '$(FLAGS_TEXT)' | cmp -s - $@ || { echo '$(FLAGS_TEXT)' >$@; \
+	  echo "zq build: arch=$(ARCH) OPENMP=$(OPENMP) DNNL=$(DNNL) SANITIZE=$(SANITIZE)" \
+	       "DEBUG=$(DEBUG) -> $(BUILD)/"; }
+
+$(BUILD)/obj/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(FLAGS_$(lastword $(subst _, ,$(basename $(notdir $<))))) -c $< -o $@
 
