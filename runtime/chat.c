@@ -257,6 +257,8 @@ static zq_status generate(zq_chat *c, int n_prompt, zq_text_fn on_text, void *us
 zq_status zq_chat_reply(zq_chat *chat, const char *user_text, zq_text_fn on_text, void *user,
                         char *reply, size_t cap)
 {
+    if (!user_text)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_chat_reply: the message is NULL");
     const char *turns[2 * ZQ_CHAT_MAX_EXCHANGES + 1];
     const int kept = chat->n_turns;
     for (int i = 0; i < kept; i++)

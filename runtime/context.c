@@ -103,7 +103,7 @@ static zq_status check_ids(const zq_model *m, const int32_t *ids, int n)
 
 zq_status zq_context_eval(zq_context *ctx, const int32_t *ids, int n, float *all_logits)
 {
-    if (n <= 0)
+    if (n <= 0 || !ids)
         return zq_fail(ZQ_ERR_INVALID_ARG, "no tokens to evaluate");
     if (ctx->pos + n > ctx->n_ctx)
         return zq_fail(ZQ_ERR_CONTEXT_FULL, "%d tokens at position %d exceed the context of %d",
@@ -134,7 +134,7 @@ zq_status zq_context_eval(zq_context *ctx, const int32_t *ids, int n, float *all
 
 zq_status zq_decode_batch(zq_context *const *ctxs, const int32_t *ids, int n)
 {
-    if (n <= 0)
+    if (n <= 0 || !ctxs || !ids)
         return zq_fail(ZQ_ERR_INVALID_ARG, "no tokens to decode");
     zq_context *lead = ctxs[0];
     for (int i = 0; i < n; i++) {

@@ -10,6 +10,8 @@
 zq_status zq_tokenize(const zq_model *model, const char *text, int32_t *ids, int cap,
                       int *n_out)
 {
+    if (!text)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_tokenize: text is NULL");
     return zq_tokenizer_encode(model->tok, text, strlen(text), ids, cap, n_out);
 }
 

@@ -145,7 +145,11 @@ static zq_status build_tokenizer(zq_model *m, const char *path)
 
 zq_status zq_model_load(const char *path, const zq_load_params *params, zq_model **out)
 {
+    if (!out)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_model_load: out is NULL");
     *out = NULL;
+    if (!path)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_model_load: path is NULL");
     const double start = zq_now_seconds();
     zq_model *m = calloc(1, sizeof *m);
     if (!m)

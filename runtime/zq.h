@@ -6,7 +6,8 @@
  * - Every function that can fail returns a zq_status. On failure, zq_last_error() returns a
  *   one-line message for the calling thread that names the file, field or value at fault.
  * - The library never exits and never prints except through the logger (zq_log_set_callback).
- * - Free functions accept NULL.
+ * - Free functions accept NULL. Other pointer arguments must not be NULL unless documented;
+ *   the entry points that take text, paths or token arrays return ZQ_ERR_INVALID_ARG for NULL.
  * - A zq_model is read-only after loading and may be shared by many threads. A zq_context,
  *   zq_sampler or zq_chat belongs to one thread at a time.
  */

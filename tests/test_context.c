@@ -229,6 +229,23 @@ static void detokenize_gives_clean_text(void)
     CHECK(strcmp(joined, text) == 0, "streamed '%s'", joined);
 }
 
+static void null_arguments_are_rejected(void)
+{
+    zq_model *m = NULL;
+    CHECK(zq_model_load(NULL, NULL, &m) == ZQ_ERR_INVALID_ARG, "NULL path accepted");
+    int n = 0;
+    CHECK(zq_tokenize(model, NULL, NULL, 0, &n) == ZQ_ERR_INVALID_ARG, "NULL text accepted");
+    zq_context *ctx = new_context(1, 0);
+    CHECK(zq_context_eval(ctx, NULL, 1, NULL) == ZQ_ERR_INVALID_ARG, "NULL ids accepted");
+    zq_context_free(ctx);
+    zq_chat_params p;
+    zq_chat_params_default(&p);
+    zq_chat *chat = NULL;
+    zq_chat_create(model, &p, &chat);
+    CHECK(zq_chat_reply(chat, NULL, NULL, NULL, NULL, 0) == ZQ_ERR_INVALID_ARG, "NULL text");
+    zq_chat_free(chat);
+}
+
 int main(void)
 {
     model = load_model(ZQ_TYPE_Q8);
@@ -245,6 +262,7 @@ int main(void)
     ZQ_RUN(chat_keeps_last_exchanges);
     ZQ_RUN(stopped_reply_is_not_stored);
     ZQ_RUN(detokenize_gives_clean_text);
+    ZQ_RUN(null_arguments_are_rejected);
     zq_model_free(model);
     ZQ_CHECK_EXIT();
 }
