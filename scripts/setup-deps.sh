@@ -6,7 +6,7 @@ set -eu
 
 PACKAGES="gcc make pkg-config libzstd-dev libcjson-dev libzip-dev libutf8proc-dev libdnnl-dev
 libmicrohttpd-dev libhiredis-dev redis-server nginx-light curl jq"
-BENCH_PACKAGES="python3 python3-torch python3-numpy python3-matplotlib libopenblas0-pthread wrk"
+BENCH_PACKAGES="python3 python3-torch python3-numpy python3-matplotlib libopenblas0-pthread"
 
 if [ "${1:-}" = "--test-tools" ]; then
     # Node.js may come from Debian (nodejs + npm) or elsewhere; only install it when absent.
