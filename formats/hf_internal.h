@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the Hugging Face readers convert little-endian data in place and need a little-endian host"
@@ -50,8 +51,13 @@ zq_status zq_hf_append(zq_hf_model *m, const char *path, const char *name, int n
  * appended since index first differ in dtype. */
 void zq_hf_set_source_format(zq_hf_model *m, const char *container, int32_t first);
 
-/* Opens a regular file for reading and returns its size. */
+/* Opens a regular file for reading and returns its size. Anything else (a directory, a FIFO,
+ * a device) fails with ZQ_ERR_IO, without blocking. */
 zq_status zq_hf_open(const char *path, int *fd, uint64_t *size);
+
+/* Opens a regular file as zq_hf_open does, as a stdio stream; NULL with the message set (the
+ * status is ZQ_ERR_IO). */
+FILE *zq_hf_fopen(const char *path);
 
 /* Reads exactly n bytes at offset, which the caller has checked against the file size. */
 zq_status zq_hf_pread(const char *path, int fd, void *buf, size_t n, uint64_t offset);

@@ -22,25 +22,44 @@ typedef struct {
     char prefix[128]; /* the folder of data.pkl inside the archive */
 } archive;
 
+/* Reports a failed zip_open_from_source by the libzip error code. */
+static zq_status open_error(const char *path, zip_error_t *error)
+{
+    const int code = zip_error_code_zip(error);
+    if (code == ZIP_ER_NOZIP)
+        return zq_fail(ZQ_ERR_FORMAT,
+                       "%s: not a zip archive; zq reads the zip format that torch.save has written "
+                       "since PyTorch 1.6 (re-save the model, or save it as safetensors)",
+                       path);
+    if (code == ZIP_ER_OPEN || code == ZIP_ER_READ || code == ZIP_ER_SEEK)
+        return zq_fail(ZQ_ERR_IO, "%s: cannot open: %s", path, zip_error_strerror(error));
+    if (code == ZIP_ER_MEMORY)
+        return zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", path);
+    return zq_fail(ZQ_ERR_FORMAT, "%s: invalid zip archive: %s", path, zip_error_strerror(error));
+}
+
+/* Opens the archive from a stream that zq_hf_fopen checked to be a regular file, rather than
+ * by path, so that libzip never opens a FIFO (which would block) or a file swapped in after
+ * the check. */
 static zq_status open_archive(const char *path, archive *a)
 {
-    int code = 0;
-    a->zip = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &code);
-    if (a->zip)
-        return ZQ_OK;
+    FILE *file = zq_hf_fopen(path);
+    if (!file)
+        return ZQ_ERR_IO;
     zip_error_t error;
-    zip_error_init_with_code(&error, code);
-    zq_status st;
-    if (code == ZIP_ER_NOZIP)
-        st = zq_fail(ZQ_ERR_FORMAT,
-                     "%s: not a zip archive; zq reads the zip format that torch.save has written "
-                     "since PyTorch 1.6 (re-save the model, or save it as safetensors)",
-                     path);
-    else if (code == ZIP_ER_NOENT || code == ZIP_ER_OPEN || code == ZIP_ER_READ)
-        st = zq_fail(ZQ_ERR_IO, "%s: cannot open: %s", path, zip_error_strerror(&error));
-    else
-        st = zq_fail(ZQ_ERR_FORMAT, "%s: invalid zip archive: %s", path,
-                     zip_error_strerror(&error));
+    zip_error_init(&error);
+    zip_source_t *source = zip_source_filep_create(file, 0, -1, &error);
+    if (!source) {
+        fclose(file);
+        zip_error_fini(&error);
+        return zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", path);
+    }
+    a->zip = zip_open_from_source(source, ZIP_RDONLY | ZIP_CHECKCONS, &error);
+    zq_status st = ZQ_OK;
+    if (!a->zip) {
+        zip_source_free(source); /* the archive owns the source only on success */
+        st = open_error(path, &error);
+    }
     zip_error_fini(&error);
     return st;
 }

@@ -124,17 +124,24 @@ void zq_hf_set_source_format(zq_hf_model *m, const char *container, int32_t firs
     snprintf(m->source_format, sizeof m->source_format, "%s %s", container, dtype);
 }
 
+/* Opens with O_NONBLOCK, so that a FIFO without a writer fails the regular-file check instead
+ * of blocking in open(), then clears the flag for the reads. */
 zq_status zq_hf_open(const char *path, int *fd, uint64_t *size)
 {
-    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (*fd < 0)
         return zq_fail(ZQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     zq_status status = ZQ_OK;
+    int flags = 0;
     if (fstat(*fd, &st) != 0)
         status = zq_fail(ZQ_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    else if (S_ISDIR(st.st_mode))
+        status = zq_fail(ZQ_ERR_IO, "%s: is a directory, expected a file", path);
     else if (!S_ISREG(st.st_mode))
-        status = zq_fail(ZQ_ERR_IO, "%s: not a regular file", path);
+        status = zq_fail(ZQ_ERR_IO, "%s: not a regular file (a FIFO, socket or device)", path);
+    else if ((flags = fcntl(*fd, F_GETFL)) < 0 || fcntl(*fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        status = zq_fail(ZQ_ERR_IO, "%s: cannot clear O_NONBLOCK: %s", path, strerror(errno));
     if (status != ZQ_OK) {
         close(*fd);
         *fd = -1;
@@ -142,6 +149,20 @@ zq_status zq_hf_open(const char *path, int *fd, uint64_t *size)
     }
     *size = (uint64_t)st.st_size;
     return ZQ_OK;
+}
+
+FILE *zq_hf_fopen(const char *path)
+{
+    int fd = -1;
+    uint64_t size = 0;
+    if (zq_hf_open(path, &fd, &size) != ZQ_OK)
+        return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        zq_fail(ZQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
 }
 
 zq_status zq_hf_pread(const char *path, int fd, void *buf, size_t n, uint64_t offset)
@@ -167,9 +188,9 @@ zq_status zq_hf_pread(const char *path, int fd, void *buf, size_t n, uint64_t of
 zq_status zq_hf_read_file(const char *path, size_t max_bytes, char **out, size_t *len)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
+    FILE *f = zq_hf_fopen(path);
     if (!f)
-        return zq_fail(ZQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return ZQ_ERR_IO;
     char *buf = NULL;
     size_t n = 0, cap = 0;
     zq_status st = ZQ_OK;

@@ -46,9 +46,11 @@ static uint64_t load_u64(const uint8_t *p)
     return v;
 }
 
+/* Opens path with O_NONBLOCK, so that a FIFO without a writer fails the regular-file check
+ * instead of blocking in open(), then clears the flag for the reads. */
 static zq_status open_input(const char *path, zq_input *in)
 {
-    in->fd = open(path, O_RDONLY | O_CLOEXEC);
+    in->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (in->fd < 0)
         return zq_fail(ZQ_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -57,7 +59,11 @@ static zq_status open_input(const char *path, zq_input *in)
     if (S_ISDIR(st.st_mode))
         return zq_fail(ZQ_ERR_IO, "%s: is a directory, expected a .zq file", path);
     if (!S_ISREG(st.st_mode))
-        return zq_fail(ZQ_ERR_IO, "%s: not a regular file", path);
+        return zq_fail(ZQ_ERR_IO, "%s: not a regular file (a FIFO, socket or device), expected a "
+                       ".zq file", path);
+    const int flags = fcntl(in->fd, F_GETFL);
+    if (flags < 0 || fcntl(in->fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        return zq_fail(ZQ_ERR_IO, "%s: cannot clear O_NONBLOCK: %s", path, strerror(errno));
     in->size = (uint64_t)st.st_size;
     return ZQ_OK;
 }

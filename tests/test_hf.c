@@ -411,6 +411,29 @@ static void hf_rejects_missing_weights(void)
     expect_load_error(dir, ZQ_ERR_UNSUPPORTED, "sharded", NULL);
 }
 
+/* Each file of a model folder that is a FIFO without a writer is rejected, not waited on
+ * forever; the alarm turns a hang into a failed test program. */
+static void hf_rejects_fifos(void)
+{
+    const char *const files[] = {"config.json", "vocab.txt", "tokenizer_config.json",
+                                 "added_tokens.json", "model.safetensors", "pytorch_model.bin"};
+    alarm(60);
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char dir[600], path[700];
+        char name[64];
+        snprintf(name, sizeof name, "fifo-%zu", i);
+        const bool torch = strcmp(files[i], "pytorch_model.bin") == 0;
+        make_dir(dir, sizeof dir, name, torch ? tiny_torch : tiny,
+                 i < 4 ? "model.safetensors" : NULL);
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+        CHECK(mkfifo(path, 0600) == 0, "cannot create the FIFO %s", path);
+        expect_load_error(dir, ZQ_ERR_IO, "not a regular file", files[i]);
+        unlink(path);
+    }
+    alarm(0);
+}
+
 static void hf_rejects_bad_safetensors(void)
 {
     char src[600];
@@ -1094,6 +1117,7 @@ int main(void)
     ZQ_RUN(hf_config_fields);
     ZQ_RUN(hf_rejects_bad_config);
     ZQ_RUN(hf_rejects_missing_weights);
+    ZQ_RUN(hf_rejects_fifos);
     ZQ_RUN(hf_rejects_bad_safetensors);
     ZQ_RUN(hf_head_and_shapes);
     ZQ_RUN(hf_tokenizer_files);

@@ -514,6 +514,16 @@ static void zqfile_rejects_bad_paths(void)
 
     tmp_path(path, sizeof path, "does-not-exist.zq");
     expect_reject(path, ZQ_ERR_IO, "No such file");
+
+    /* A FIFO without a writer: a blocking open() would wait forever, so the alarm turns a
+     * hang into a failed test program. */
+    tmp_path(path, sizeof path, "fifo.zq");
+    unlink(path);
+    CHECK(mkfifo(path, 0600) == 0, "cannot create the FIFO %s", path);
+    alarm(60);
+    expect_reject(path, ZQ_ERR_IO, "not a regular file");
+    alarm(0);
+    unlink(path);
 }
 
 /* ---- metadata that is well-formed JSON but wrong --------------------------------------- */
