@@ -43,7 +43,8 @@ bool zq_hf_is_attn_buffer(const char *name);
 
 /* Appends a tensor to m, taking ownership of data (freed on failure too). name is the
  * checkpoint key, from which the "transformer." prefix is removed. path names the file in
- * messages. Fails on a name that is too long or already present. */
+ * messages. Fails on a name that is too long or already present, and on a NaN or infinity
+ * in any tensor but the attention mask buffers. */
 zq_status zq_hf_append(zq_hf_model *m, const char *path, const char *name, int ndim,
                        const int64_t *shape, zq_hf_dtype dtype, float *data);
 

@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,30 @@ bool zq_hf_is_attn_buffer(const char *name)
     return strcmp(p, ".attn.bias") == 0 || strcmp(p, ".attn.masked_bias") == 0;
 }
 
+static const char *non_finite_name(float x)
+{
+    if (isnan(x))
+        return "NaN";
+    return x > 0 ? "inf" : "-inf";
+}
+
+/* Fails on the first NaN or infinity in data. The attention mask buffers are exempt: ZQ drops
+ * them, and masked_bias may legitimately hold -inf. */
+static zq_status check_finite(const char *path, const char *name, int ndim, const int64_t *shape,
+                              const float *data)
+{
+    uint64_t n = 0;
+    if (zq_hf_is_attn_buffer(name) || !zq_hf_numel(ndim, shape, &n))
+        return ZQ_OK;
+    for (uint64_t i = 0; i < n; i++) {
+        if (isfinite(data[i]))
+            continue;
+        return zq_fail(ZQ_ERR_FORMAT, "%s: tensor '%s' has a non-finite value (%s) at index %llu",
+                       path, name, non_finite_name(data[i]), (unsigned long long)i);
+    }
+    return ZQ_OK;
+}
+
 zq_status zq_hf_append(zq_hf_model *m, const char *path, const char *name, int ndim,
                        const int64_t *shape, zq_hf_dtype dtype, float *data)
 {
@@ -93,6 +118,8 @@ zq_status zq_hf_append(zq_hf_model *m, const char *path, const char *name, int n
     else if (ndim < 0 || ndim > ZQ_HF_MAX_DIMS)
         st = zq_fail(ZQ_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions, at most %d supported",
                      path, name, ndim, ZQ_HF_MAX_DIMS);
+    else
+        st = check_finite(path, name, ndim, shape, data);
     zq_hf_tensor *grown = NULL;
     if (st == ZQ_OK) {
         grown = realloc(m->tensors, ((size_t)m->n_tensors + 1) * sizeof *m->tensors);

@@ -175,7 +175,8 @@ zq_status zq_check_q8_values(const char *path, zq_status status, const zq_file_t
     const size_t n_scales = (size_t)(zq_frame_scale_bytes(t) / 4);
     for (size_t i = 0; i < n_scales; i++)
         if (!(t->scales[i] >= 0.0f && isfinite(t->scales[i])))
-            return zq_fail(status, "%s: tensor '%s': scale %zu is %g, expected >= 0", path,
+            return zq_fail(status,
+                           "%s: tensor '%s': scale %zu is %g, expected a finite value >= 0", path,
                            t->name, i, (double)t->scales[i]);
 
     const int8_t *q = t->data;

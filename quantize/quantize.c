@@ -130,6 +130,31 @@ static void measure(const float *w, const zq_file_tensor *t, zq_quant_stat *stat
     stat->max_abs = max_abs;
 }
 
+static const char *non_finite_name(float x)
+{
+    if (isnan(x))
+        return "NaN";
+    return x > 0 ? "inf" : "-inf";
+}
+
+/* zq_hf_load rejects non-finite weights, so this catches only a migrated weight that
+ * overflowed, which needs activation maxima near FLT_MAX; no test reaches it. */
+static zq_status check_finite(const job *j, const zq_quantize_params *p, const float *w,
+                              int rows, int cols)
+{
+    const size_t n = (size_t)rows * cols;
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(w[i]))
+            continue;
+        return zq_fail(ZQ_ERR_INVALID_ARG,
+                       "tensor '%s' has a non-finite value (%s) at row %zu, column %zu after %s",
+                       j->name, non_finite_name(w[i]), i / (size_t)cols, i % (size_t)cols,
+                       p->calibrate ? "the SmoothQuant migration; try a smaller --alpha"
+                                    : "conversion");
+    }
+    return ZQ_OK;
+}
+
 /* Converts one job into t (data malloc'd) and fills its error statistics. */
 static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tensor *t,
                          zq_quant_stat *stat)
@@ -138,6 +163,10 @@ static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tens
     float *w = stored_layout(j, &rows, &cols);
     if (!w)
         return zq_fail(ZQ_ERR_NOMEM, "out of memory converting '%s'", j->name);
+    if (check_finite(j, p, w, rows, cols) != ZQ_OK) {
+        free(w);
+        return ZQ_ERR_INVALID_ARG;
+    }
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", j->name);
     t->type = job_type(j, p);
@@ -294,18 +323,25 @@ static zq_status check_params(const zq_quantize_params *p)
     return ZQ_OK;
 }
 
+/* Converts every job in parallel. zq_last_error() is per thread, so the message of the failed
+ * job with the lowest index is copied back to the calling thread. */
 static zq_status convert_all(const job *jobs, int n_jobs, const zq_quantize_params *p,
                              zq_file *f, zq_quant_report *report)
 {
     zq_status st = ZQ_OK;
     int done = 0;
+    int failed = n_jobs;
+    char message[512] = "";
 #pragma omp parallel for schedule(dynamic, 1) num_threads(zq_resolve_threads(p->n_threads))
     for (int i = 0; i < n_jobs; i++) {
         zq_status s = convert(&jobs[i], p, &f->tensors[i], &report->stats[i]);
 #pragma omp critical
         {
-            if (s != ZQ_OK && st == ZQ_OK)
+            if (s != ZQ_OK && i < failed) {
                 st = s;
+                failed = i;
+                snprintf(message, sizeof message, "%s", zq_last_error());
+            }
             done++;
             if (p->progress)
                 p->progress(done, n_jobs, jobs[i].name, p->progress_user);
@@ -313,7 +349,7 @@ static zq_status convert_all(const job *jobs, int n_jobs, const zq_quantize_para
     }
     for (int i = 0; i < n_jobs; i++)
         report->params_total += (long long)f->tensors[i].rows * f->tensors[i].cols;
-    return st;
+    return st == ZQ_OK ? ZQ_OK : zq_fail(st, "%s", message);
 }
 
 static void free_tensors(zq_file *f)

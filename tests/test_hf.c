@@ -573,6 +573,65 @@ static int edit_bool_mask(st_entry *e, int n, float *scratch)
     return n + 1;
 }
 
+static int edit_nan_weight(st_entry *e, int n, float *scratch)
+{
+    const int i = find_entry(e, n, "transformer.h.0.attn.c_attn.weight");
+    memcpy(scratch, e[i].data, e[i].bytes);
+    scratch[1234] = NAN;
+    e[i].data = scratch;
+    return n;
+}
+
+static int edit_inf_bias(st_entry *e, int n, float *scratch)
+{
+    const int i = find_entry(e, n, "transformer.ln_f.bias");
+    memcpy(scratch, e[i].data, e[i].bytes);
+    scratch[63] = -INFINITY;
+    e[i].data = scratch;
+    return n;
+}
+
+/* An infinite masked_bias buffer is dropped with the other attention buffers, not rejected. */
+static int edit_inf_masked_bias(st_entry *e, int n, float *scratch)
+{
+    static const float minus_inf = -INFINITY;
+    e[n] = (st_entry){.name = "transformer.h.1.attn.masked_bias", .ndim = 0, .data = &minus_inf,
+                      .bytes = sizeof minus_inf};
+    return n + 1;
+}
+
+static void hf_rejects_non_finite_weights(void)
+{
+    char dir[600];
+    write_variant("nan-weight", dir, sizeof dir, edit_nan_weight);
+    expect_load_error(dir, ZQ_ERR_FORMAT,
+                      "model.safetensors: tensor 'h.0.attn.c_attn.weight' has a non-finite value "
+                      "(NaN) at index 1234",
+                      NULL);
+    write_variant("inf-bias", dir, sizeof dir, edit_inf_bias);
+    expect_load_error(dir, ZQ_ERR_FORMAT, "tensor 'ln_f.bias' has a non-finite value (-inf) at "
+                      "index 63", NULL);
+
+    zq_hf_model m;
+    write_variant("inf-masked-bias", dir, sizeof dir, edit_inf_masked_bias);
+    CHECK(zq_hf_load(dir, &m) == ZQ_OK, "%s", zq_last_error());
+    CHECK(zq_hf_find(&m, "h.1.attn.masked_bias") == NULL, "masked_bias kept");
+    zq_hf_free(&m);
+
+    /* An F16 infinity (0x7c00) becomes an f32 infinity and is rejected too. */
+    const uint16_t half[4] = {0x3c00, 0x7c00, 0, 0};
+    char path[700];
+    snprintf(path, sizeof path, "%s/half.safetensors", zq_test_tmpdir());
+    const st_entry e = {.name = "w", .dtype = "F16", .ndim = 1, .shape = {4}, .data = half,
+                        .bytes = sizeof half};
+    write_safetensors(path, &e, 1);
+    memset(&m, 0, sizeof m);
+    CHECK(zq_hf_read_safetensors(path, &m) == ZQ_ERR_FORMAT, "an F16 infinity was accepted");
+    CHECK(strstr(zq_last_error(), "tensor 'w' has a non-finite value (inf) at index 1") != NULL,
+          "%s", zq_last_error());
+    zq_hf_free(&m);
+}
+
 static void hf_head_and_shapes(void)
 {
     char dir[600];
@@ -1120,6 +1179,7 @@ int main(void)
     ZQ_RUN(hf_rejects_fifos);
     ZQ_RUN(hf_rejects_bad_safetensors);
     ZQ_RUN(hf_head_and_shapes);
+    ZQ_RUN(hf_rejects_non_finite_weights);
     ZQ_RUN(hf_tokenizer_files);
     ZQ_RUN(hf_torch_views);
     ZQ_RUN(hf_rejects_bad_torch_files);

@@ -770,6 +770,42 @@ static void zqfile_rejects_bad_metadata(void)
     craft_free(&c);
 }
 
+/* Appends a frame holding raw (the content of an int8 [5, 33] tensor) to c, with a new
+ * directory entry called name; every old frame keeps its entry. */
+static void append_q8_frame(crafted *c, const char *name, const uint8_t *raw)
+{
+    zq_file_tensor t = {.type = ZQ_TYPE_Q8, .rows = 5, .cols = 33};
+    const size_t content = (size_t)zq_frame_content_bytes(&t);
+    c->extra = malloc(ZSTD_compressBound(content));
+    ZSTD_CCtx *cctx = ZSTD_createCCtx();
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+    c->extra_size = ZSTD_compress2(cctx, c->extra, ZSTD_compressBound(content), raw, content);
+    ZSTD_freeCCtx(cctx);
+
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "name", name);
+    cJSON_AddStringToObject(e, "type", "int8");
+    cJSON_AddNumberToObject(e, "rows", 5);
+    cJSON_AddNumberToObject(e, "cols", 33);
+    cJSON_AddNumberToObject(e, "group", 0);
+    cJSON_AddNumberToObject(e, "offset", (double)c->frames_size);
+    cJSON_AddNumberToObject(e, "size", (double)c->extra_size);
+    cJSON_AddNumberToObject(e, "raw_size", (double)content);
+    cJSON_AddNumberToObject(e, "crc32c", zq_crc32c(0, c->extra, c->extra_size));
+    cJSON_AddItemToArray(cJSON_GetObjectItem(c->meta, "tensors"), e);
+}
+
+/* The content of an int8 [5, 33] frame: 5 scales of 0.5, padding to 64 bytes, zero values. */
+enum { Q8_5X33_BYTES = 64 + 5 * 33 };
+
+static void fill_q8_5x33(uint8_t *raw)
+{
+    memset(raw, 0, Q8_5X33_BYTES);
+    const float scale = 0.5f;
+    for (int r = 0; r < 5; r++)
+        memcpy(raw + 4 * r, &scale, 4);
+}
+
 /* An int8 frame with -128 in it, which the writer never produces, is rejected on reading. */
 static void zqfile_rejects_int8_minus_128(void)
 {
@@ -777,37 +813,51 @@ static void zqfile_rejects_int8_minus_128(void)
     craft_from_sample(&c);
     if (!c.meta)
         return;
-    /* Append the frame of an int8 [5, 33] tensor whose content has -128. */
-    zq_file_tensor t = {.type = ZQ_TYPE_Q8, .rows = 5, .cols = 33};
-    const size_t content = (size_t)zq_frame_content_bytes(&t);
-    uint8_t *raw = calloc(1, content);
-    const float scale = 0.5f;
-    for (int r = 0; r < 5; r++)
-        memcpy(raw + 4 * r, &scale, 4);
+    uint8_t raw[Q8_5X33_BYTES];
+    fill_q8_5x33(raw);
     raw[64 + 40] = 0x80;
-    c.extra = malloc(ZSTD_compressBound(content));
-    ZSTD_CCtx *cctx = ZSTD_createCCtx();
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
-    c.extra_size = ZSTD_compress2(cctx, c.extra, ZSTD_compressBound(content), raw, content);
-    ZSTD_freeCCtx(cctx);
-    free(raw);
-
-    /* Every old frame keeps its entry; a new entry describes the extra frame. */
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "name", "g.bad");
-    cJSON_AddStringToObject(e, "type", "int8");
-    cJSON_AddNumberToObject(e, "rows", 5);
-    cJSON_AddNumberToObject(e, "cols", 33);
-    cJSON_AddNumberToObject(e, "group", 0);
-    cJSON_AddNumberToObject(e, "offset", (double)c.frames_size);
-    cJSON_AddNumberToObject(e, "size", (double)c.extra_size);
-    cJSON_AddNumberToObject(e, "raw_size", (double)content);
-    cJSON_AddNumberToObject(e, "crc32c", zq_crc32c(0, c.extra, c.extra_size));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(c.meta, "tensors"), e);
+    append_q8_frame(&c, "h.0.mlp.c_proj.weight", raw);
     char path[512];
     craft_write(&c, "minus-128.zq", path, sizeof path);
     expect_reject(path, ZQ_ERR_FORMAT, "int8 value -128 at row 1, column 7");
     craft_free(&c);
+}
+
+/* Scales that are infinite, NaN or negative are rejected on reading and writing. */
+static void zqfile_rejects_bad_scales(void)
+{
+    const struct {
+        float scale;
+        const char *needle;
+    } cases[] = {
+        {INFINITY, "scale 2 is inf, expected a finite value >= 0"},
+        {NAN, "scale 2 is nan, expected a finite value >= 0"},
+        {-0.25f, "scale 2 is -0.25, expected a finite value >= 0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        crafted c;
+        craft_from_sample(&c);
+        if (!c.meta)
+            return;
+        uint8_t raw[Q8_5X33_BYTES];
+        fill_q8_5x33(raw);
+        memcpy(raw + 4 * 2, &cases[i].scale, 4);
+        append_q8_frame(&c, "h.0.mlp.c_proj.weight", raw);
+        char path[512];
+        craft_write(&c, "bad-scale.zq", path, sizeof path);
+        expect_reject(path, ZQ_ERR_FORMAT, cases[i].needle);
+        craft_free(&c);
+    }
+
+    zq_file f;
+    make_sample(&f);
+    char path[512];
+    tmp_path(path, sizeof path, "inf-scale.zq");
+    f.tensors[2].scales[2] = INFINITY;
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "an infinite scale was written");
+    CHECK(strstr(zq_last_error(), "scale 2 is inf, expected a finite value >= 0") != NULL, "%s",
+          zq_last_error());
+    free_sample(&f);
 }
 
 /* Random changes to the metadata JSON, wrapped with valid checksums, reach the JSON checks.
@@ -938,6 +988,7 @@ int main(void)
     ZQ_RUN(zqfile_rejects_bad_paths);
     ZQ_RUN(zqfile_rejects_bad_metadata);
     ZQ_RUN(zqfile_rejects_int8_minus_128);
+    ZQ_RUN(zqfile_rejects_bad_scales);
     ZQ_RUN(zqfile_metadata_survives_damage);
     ZQ_RUN(zqfile_write_failures_leave_nothing);
     free(sample_bytes);

@@ -1,0 +1,125 @@
+/*
+ * test_quantize.c - the checks of zq_quantize_model on its input: weights that are not finite,
+ * scale groups that do not divide a matrix, options that have no effect (which warn), and
+ * NULL arguments. The models are copies of the tiny-random fixture, edited by the tests.
+ */
+#include "../formats/zqfile.h"
+#include "../quantize/quantize.h"
+#include "../runtime/internal.h"
+#include "support/check.h"
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tiny[512];
+
+static int write_bytes(const char *path, const void *data, size_t n)
+{
+    unlink(path);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    const int ok = fwrite(data, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+/* Copies the tiny-random model folder to tmp/<name> and returns the copy in dir. */
+static void copy_tiny(const char *name, char *dir, size_t cap)
+{
+    snprintf(dir, cap, "%s/%s", zq_test_tmpdir(), name);
+    mkdir(dir, 0700);
+    const char *const files[] = {"config.json", "vocab.txt", "tokenizer_config.json",
+                                 "model.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char from[700], to[700];
+        snprintf(from, sizeof from, "%s/%s", tiny, files[i]);
+        snprintf(to, sizeof to, "%s/%s", dir, files[i]);
+        size_t n = 0;
+        char *data = zq_test_read_file(from, &n);
+        CHECK(data != NULL, "cannot read %s", from);
+        if (data)
+            CHECK(write_bytes(to, data, n), "cannot write %s", to);
+        free(data);
+    }
+}
+
+/* Sets element index of the F32 tensor key in dir/model.safetensors to value. */
+static void poke_weight(const char *dir, const char *key, size_t index, float value)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    size_t n = 0;
+    char *bytes = zq_test_read_file(path, &n);
+    CHECK(bytes != NULL, "cannot read %s", path);
+    if (!bytes)
+        return;
+    uint64_t header_len;
+    memcpy(&header_len, bytes, 8);
+    cJSON *header = cJSON_ParseWithLength(bytes + 8, (size_t)header_len);
+    const cJSON *range = cJSON_GetObjectItem(cJSON_GetObjectItem(header, key), "data_offsets");
+    CHECK(cJSON_IsArray(range), "%s: no tensor %s", path, key);
+    if (cJSON_IsArray(range)) {
+        const size_t begin = (size_t)cJSON_GetArrayItem(range, 0)->valuedouble;
+        memcpy(bytes + 8 + header_len + begin + 4 * index, &value, 4);
+        CHECK(write_bytes(path, bytes, n), "cannot write %s", path);
+    }
+    cJSON_Delete(header);
+    free(bytes);
+}
+
+static bool file_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+/* Quantizes dir with params to tmp/<out_name>; returns the status and the output path. */
+static zq_status quantize(const char *dir, const zq_quantize_params *params,
+                          const char *out_name, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%s", zq_test_tmpdir(), out_name);
+    unlink(out);
+    zq_quant_report report;
+    const zq_status st = zq_quantize_model(dir, out, params, &report);
+    zq_quant_report_free(&report);
+    return st;
+}
+
+/* ---- non-finite weights ---------------------------------------------------------------- */
+
+static void quantize_rejects_non_finite_weights(void)
+{
+    const struct {
+        const char *key;
+        size_t index;
+        float value;
+        const char *needle;
+    } cases[] = {
+        {"transformer.h.0.attn.c_attn.weight", 7, NAN,
+         "model.safetensors: tensor 'h.0.attn.c_attn.weight' has a non-finite value (NaN) at "
+         "index 7"},
+        {"transformer.h.1.mlp.c_fc.weight", 100, INFINITY,
+         "model.safetensors: tensor 'h.1.mlp.c_fc.weight' has a non-finite value (inf) at "
+         "index 100"},
+    };
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[600], out[700];
+        copy_tiny("non-finite", dir, sizeof dir);
+        poke_weight(dir, cases[i].key, cases[i].index, cases[i].value);
+        CHECK(quantize(dir, &qp, "non-finite.zq", out, sizeof out) == ZQ_ERR_FORMAT,
+              "a non-finite weight was accepted");
+        CHECK(strstr(zq_last_error(), cases[i].needle) != NULL, "message: %s", zq_last_error());
+        CHECK(!file_exists(out), "a failed quantization left %s", out);
+    }
+}
+
+int main(void)
+{
+    snprintf(tiny, sizeof tiny, "%s/tiny-random", zq_test_fixtures());
+    ZQ_RUN(quantize_rejects_non_finite_weights);
+    ZQ_CHECK_EXIT();
+}
