@@ -123,42 +123,129 @@ static zq_status load_data(const st_file *f, const char *name, zq_hf_dtype dtype
     return ZQ_OK;
 }
 
-static zq_status read_entry(const st_file *f, const cJSON *entry, zq_hf_model *m)
+/* One header entry, checked against the file but not read yet. */
+typedef struct {
+    const cJSON *json; /* the entry; its key is the tensor name */
+    zq_hf_dtype dtype;
+    int ndim;
+    int64_t shape[ZQ_HF_MAX_DIMS];
+    uint64_t numel;
+    uint64_t begin, end; /* data_offsets */
+} st_entry;
+
+static zq_status parse_entry(const st_file *f, const cJSON *entry, st_entry *out)
 {
     const char *name = entry->string;
     if (!cJSON_IsObject(entry))
         return zq_fail(ZQ_ERR_FORMAT, "%s: header entry '%s' is not an object", f->path, name);
-    zq_hf_dtype dtype = ZQ_HF_OTHER;
+    memset(out, 0, sizeof *out);
+    out->json = entry;
     size_t elem = 0;
-    int ndim = 0;
-    int64_t shape[ZQ_HF_MAX_DIMS] = {0};
-    uint64_t begin = 0, end = 0, numel = 0;
-    ZQ_TRY(parse_dtype(f->path, name, cJSON_GetObjectItemCaseSensitive(entry, "dtype"), &dtype,
-                       &elem));
-    ZQ_TRY(parse_shape(f->path, name, cJSON_GetObjectItemCaseSensitive(entry, "shape"), &ndim,
-                       shape));
-    ZQ_TRY(parse_offsets(f, name, cJSON_GetObjectItemCaseSensitive(entry, "data_offsets"), &begin,
-                         &end));
-    if (!zq_hf_numel(ndim, shape, &numel))
+    ZQ_TRY(parse_dtype(f->path, name, cJSON_GetObjectItemCaseSensitive(entry, "dtype"),
+                       &out->dtype, &elem));
+    ZQ_TRY(parse_shape(f->path, name, cJSON_GetObjectItemCaseSensitive(entry, "shape"),
+                       &out->ndim, out->shape));
+    ZQ_TRY(parse_offsets(f, name, cJSON_GetObjectItemCaseSensitive(entry, "data_offsets"),
+                         &out->begin, &out->end));
+    if (!zq_hf_numel(out->ndim, out->shape, &out->numel))
         return zq_fail(ZQ_ERR_FORMAT, "%s: tensor '%s' is too large", f->path, name);
-    if (end - begin != numel * elem)
+    if (out->end - out->begin != out->numel * elem)
         return zq_fail(ZQ_ERR_FORMAT,
                        "%s: tensor '%s' has %llu data bytes, its shape and dtype need %llu",
-                       f->path, name, (unsigned long long)(end - begin),
-                       (unsigned long long)(numel * elem));
+                       f->path, name, (unsigned long long)(out->end - out->begin),
+                       (unsigned long long)(out->numel * elem));
+    return ZQ_OK;
+}
 
-    if (dtype == ZQ_HF_OTHER) {
+static int compare_begin(const void *a, const void *b)
+{
+    const st_entry *const *x = a;
+    const st_entry *const *y = b;
+    if ((*x)->begin != (*y)->begin)
+        return (*x)->begin < (*y)->begin ? -1 : 1;
+    return 0;
+}
+
+/* Checks that the tensors' byte ranges cover the data section exactly, without overlaps or
+ * gaps, as the safetensors library requires (its InvalidOffset and MetadataIncompleteBuffer
+ * errors). Shared bytes make two tensors alias, and bytes that no tensor owns could hide other
+ * content. Empty tensors own no bytes and are skipped. */
+static zq_status check_layout(const st_file *f, const st_entry *entries, size_t n)
+{
+    const st_entry **sorted = malloc((n ? n : 1) * sizeof *sorted);
+    if (!sorted)
+        return zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", f->path);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (entries[i].end > entries[i].begin)
+            sorted[m++] = &entries[i];
+    qsort(sorted, m, sizeof *sorted, compare_begin);
+
+    zq_status st = ZQ_OK;
+    uint64_t covered = 0;
+    const st_entry *last = NULL; /* the entry that ends at covered */
+    for (size_t i = 0; i < m && st == ZQ_OK; i++) {
+        const st_entry *e = sorted[i];
+        if (e->begin < covered)
+            st = zq_fail(ZQ_ERR_FORMAT,
+                         "%s: the data of tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) "
+                         "overlap; each tensor needs its own bytes: the file is damaged",
+                         f->path, last->json->string, (unsigned long long)last->begin,
+                         (unsigned long long)last->end, e->json->string,
+                         (unsigned long long)e->begin, (unsigned long long)e->end);
+        else if (e->begin > covered)
+            st = zq_fail(ZQ_ERR_FORMAT,
+                         "%s: data bytes [%llu, %llu) before tensor '%s' belong to no tensor: "
+                         "the file is damaged",
+                         f->path, (unsigned long long)covered, (unsigned long long)e->begin,
+                         e->json->string);
+        covered = e->end;
+        last = e;
+    }
+    if (st == ZQ_OK && covered != f->data_bytes)
+        st = zq_fail(ZQ_ERR_FORMAT,
+                     "%s: data bytes [%llu, %llu) after the last tensor belong to no tensor: the "
+                     "file is damaged or has trailing bytes",
+                     f->path, (unsigned long long)covered, (unsigned long long)f->data_bytes);
+    free(sorted);
+    return st;
+}
+
+static zq_status load_entry(const st_file *f, const st_entry *e, zq_hf_model *m)
+{
+    const char *name = e->json->string;
+    if (e->dtype == ZQ_HF_OTHER) {
         const char *bare = strncmp(name, "transformer.", 12) == 0 ? name + 12 : name;
         if (zq_hf_is_attn_buffer(bare))
             return ZQ_OK; /* the causal mask, dropped anyway */
-        const char *dtype_name = cJSON_GetObjectItemCaseSensitive(entry, "dtype")->valuestring;
+        const char *dtype_name = cJSON_GetObjectItemCaseSensitive(e->json, "dtype")->valuestring;
         return zq_fail(ZQ_ERR_UNSUPPORTED,
                        "%s: tensor '%s' has dtype %s; zq reads F32, F16 and BF16 weights",
                        f->path, name, dtype_name);
     }
     float *data;
-    ZQ_TRY(load_data(f, name, dtype, numel, begin, &data));
-    return zq_hf_append(m, f->path, name, ndim, shape, dtype, data);
+    ZQ_TRY(load_data(f, name, e->dtype, e->numel, e->begin, &data));
+    return zq_hf_append(m, f->path, name, e->ndim, e->shape, e->dtype, data);
+}
+
+/* Checks every header entry and the layout of the data before reading any tensor. */
+static zq_status read_entries(const st_file *f, const cJSON *root, zq_hf_model *m)
+{
+    const size_t cap = (size_t)cJSON_GetArraySize(root);
+    st_entry *entries = malloc((cap ? cap : 1) * sizeof *entries);
+    if (!entries)
+        return zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", f->path);
+    size_t n = 0;
+    zq_status st = ZQ_OK;
+    for (const cJSON *e = root->child; e && st == ZQ_OK; e = e->next)
+        if (strcmp(e->string, "__metadata__") != 0)
+            st = parse_entry(f, e, &entries[n++]);
+    if (st == ZQ_OK)
+        st = check_layout(f, entries, n);
+    for (size_t i = 0; i < n && st == ZQ_OK; i++)
+        st = load_entry(f, &entries[i], m);
+    free(entries);
+    return st;
 }
 
 static zq_status read_header(st_file *f, uint64_t file_size, cJSON **out)
@@ -203,9 +290,8 @@ zq_status zq_hf_read_safetensors(const char *path, zq_hf_model *m)
     cJSON *root = NULL;
     const int32_t first = m->n_tensors;
     zq_status st = read_header(&f, size, &root);
-    for (const cJSON *e = root ? root->child : NULL; e && st == ZQ_OK; e = e->next)
-        if (strcmp(e->string, "__metadata__") != 0)
-            st = read_entry(&f, e, m);
+    if (st == ZQ_OK)
+        st = read_entries(&f, root, m);
     cJSON_Delete(root);
     close(f.fd);
     if (st == ZQ_OK)

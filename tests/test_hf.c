@@ -490,6 +490,73 @@ static void hf_rejects_bad_safetensors(void)
     free(bytes);
 }
 
+/* Writes a safetensors file with the given header text and data_bytes bytes of data (the
+ * floats 0, 1, 2, ...) to tmp/layout.safetensors and reads it into m. */
+static zq_status read_layout(const char *header, size_t data_bytes, zq_hf_model *m, char *path,
+                             size_t cap)
+{
+    snprintf(path, cap, "%s/layout.safetensors", zq_test_tmpdir());
+    const uint64_t len = strlen(header);
+    uint8_t buf[512];
+    CHECK(8 + len + data_bytes <= sizeof buf, "the layout case is too large");
+    if (8 + len + data_bytes > sizeof buf)
+        return ZQ_ERR_INTERNAL;
+    memcpy(buf, &len, 8);
+    memcpy(buf + 8, header, len);
+    for (size_t i = 0; i < data_bytes / 4; i++) {
+        const float v = (float)i;
+        memcpy(buf + 8 + len + 4 * i, &v, 4);
+    }
+    CHECK(write_bytes(path, buf, 8 + len + data_bytes), "cannot write %s", path);
+    memset(m, 0, sizeof *m);
+    return zq_hf_read_safetensors(path, m);
+}
+
+/* The data_offsets must cover the data section exactly: no shared bytes, no gaps, nothing
+ * after the last tensor. Empty tensors and any order of the entries are fine. */
+static void hf_safetensors_layout(void)
+{
+    const struct {
+        const char *header;
+        size_t data_bytes;
+        const char *needle; /* NULL: the file is valid */
+    } cases[] = {
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+         8, "tensors 'a' [0, 8) and 'b' [0, 8) overlap"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         12, "tensors 'a' [0, 8) and 'b' [4, 12) overlap"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}",
+         20, "data bytes [8, 12) before tensor 'b' belong to no tensor"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12,
+         "data bytes [8, 12) after the last tensor belong to no tensor"},
+        {"{\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]},"
+         "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]},"
+         "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+         16, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[600];
+        zq_hf_model m;
+        const zq_status st = read_layout(cases[i].header, cases[i].data_bytes, &m, path,
+                                         sizeof path);
+        if (cases[i].needle) {
+            CHECK(st == ZQ_ERR_FORMAT, "case %zu: status %s", i, zq_status_str(st));
+            CHECK(strstr(zq_last_error(), cases[i].needle) != NULL, "case %zu: %s", i,
+                  zq_last_error());
+            CHECK(strstr(zq_last_error(), path) != NULL, "case %zu: %s", i, zq_last_error());
+        } else {
+            CHECK(st == ZQ_OK, "case %zu: %s", i, zq_last_error());
+            CHECK_EQ_INT(m.n_tensors, 3);
+            const zq_hf_tensor *b = zq_hf_find(&m, "b");
+            CHECK(b != NULL && b->data[0] == 2.0f, "tensor b was read from the wrong bytes");
+        }
+        zq_hf_free(&m);
+    }
+}
+
 /* Writes the tiny model into tmp/<name> as safetensors after edit() changes the entries. */
 static void write_variant(const char *name, char *dir, size_t cap,
                           int (*edit)(st_entry *e, int n, float *scratch))
@@ -1178,6 +1245,7 @@ int main(void)
     ZQ_RUN(hf_rejects_missing_weights);
     ZQ_RUN(hf_rejects_fifos);
     ZQ_RUN(hf_rejects_bad_safetensors);
+    ZQ_RUN(hf_safetensors_layout);
     ZQ_RUN(hf_head_and_shapes);
     ZQ_RUN(hf_rejects_non_finite_weights);
     ZQ_RUN(hf_tokenizer_files);
