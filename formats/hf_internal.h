@@ -66,7 +66,11 @@ zq_status zq_hf_pread(const char *path, int fd, void *buf, size_t n, uint64_t of
 /* Reads a whole file of at most max_bytes into a NUL-terminated malloc'd buffer. */
 zq_status zq_hf_read_file(const char *path, size_t max_bytes, char **out, size_t *len);
 
-/* Reads and parses a JSON file; the caller frees *out with cJSON_Delete. */
+/* Checks that text[0, len) is valid UTF-8; the error names path and the line. */
+zq_status zq_hf_check_utf8(const char *path, const char *text, size_t len);
+
+/* Reads and parses a JSON file, which must be valid UTF-8; the caller frees *out with
+ * cJSON_Delete. */
 zq_status zq_hf_read_json(const char *path, cJSON **out);
 
 /* Reads vocab.txt, tokenizer_config.json and added_tokens.json of dir into m's vocab,

@@ -51,14 +51,15 @@ static zq_status read_vocab(const char *path, int32_t vocab_size, zq_hf_model *m
     zq_status st = ZQ_OK;
     if (memchr(text, 0, len))
         st = zq_fail(ZQ_ERR_FORMAT, "%s: contains a NUL byte", path);
-    else if (n == 0)
+    if (st == ZQ_OK)
+        st = zq_hf_check_utf8(path, text, len);
+    if (st == ZQ_OK && n == 0)
         st = zq_fail(ZQ_ERR_FORMAT, "%s: empty, expected one token per line", path);
-    else if (n > (size_t)vocab_size)
+    if (st == ZQ_OK && n > (size_t)vocab_size)
         st = zq_fail(ZQ_ERR_FORMAT, "%s: %zu tokens, more than vocab_size %d in config.json",
                      path, n, vocab_size);
-    else if (!(m->vocab = calloc(n, sizeof *m->vocab)))
+    if (st == ZQ_OK && !(m->vocab = calloc(n, sizeof *m->vocab)))
         st = zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", path);
-
     for (char *line = text; st == ZQ_OK && m->n_vocab_lines < (int32_t)n;) {
         char *nl = strchr(line, '\n');
         size_t line_len = nl ? (size_t)(nl - line) : strlen(line);
@@ -79,6 +80,8 @@ static zq_status add_token(added_list *list, const char *path, const char *token
     if (!(id >= 0 && id <= INT32_MAX && id == floor(id)))
         return zq_fail(ZQ_ERR_FORMAT, "%s: added token '%.40s' has id %g, expected an integer id",
                        path, token, id);
+    if (!token[0])
+        return zq_fail(ZQ_ERR_FORMAT, "%s: the added token with id %.0f is empty", path, id);
     if (list->n == list->cap) {
         const size_t cap = list->cap ? 2 * list->cap : 16;
         added_token *grown = realloc(list->items, cap * sizeof *grown);

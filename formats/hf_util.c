@@ -5,6 +5,7 @@
 #include "hf_internal.h"
 
 #include "../runtime/internal.h"
+#include "zqfile_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -254,12 +255,35 @@ zq_status zq_hf_read_file(const char *path, size_t max_bytes, char **out, size_t
     return ZQ_OK;
 }
 
+zq_status zq_hf_check_utf8(const char *path, const char *text, size_t len)
+{
+    const size_t bad = zq_utf8_invalid_at(text, len);
+    if (bad == len)
+        return ZQ_OK;
+    size_t line = 1;
+    const char *line_start = text;
+    for (const char *p = text; p < text + bad; p++) {
+        if (*p == '\n') {
+            line++;
+            line_start = p + 1;
+        }
+    }
+    return zq_fail(ZQ_ERR_FORMAT, "%s: line %zu: invalid UTF-8 at byte %zu of the line (0x%02x)",
+                   path, line, (size_t)(text + bad - line_start) + 1,
+                   (unsigned)(unsigned char)text[bad]);
+}
+
 zq_status zq_hf_read_json(const char *path, cJSON **out)
 {
     *out = NULL;
     char *text;
     size_t len;
     ZQ_TRY(zq_hf_read_file(path, MAX_JSON_BYTES, &text, &len));
+    const zq_status st = zq_hf_check_utf8(path, text, len);
+    if (st != ZQ_OK) {
+        free(text);
+        return st;
+    }
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();

@@ -85,6 +85,11 @@ const char *zq_activation_name(zq_activation activation);
 int zq_activation_from_name(const char *name);
 int zq_type_from_name(const char *name);
 
+/* Returns the offset of the first byte of s[0, n) that does not start a valid UTF-8 sequence
+ * (RFC 3629: no overlong forms, surrogates or code points above U+10FFFF), or n if all of
+ * s is valid. */
+size_t zq_utf8_invalid_at(const char *s, size_t n);
+
 /* Returns the first id whose string is token, searching vocab then added tokens; -1 if none. */
 int32_t zq_file_find_token(const zq_file *f, const char *token);
 

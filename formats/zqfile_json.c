@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 const zq_hparam_int zq_hparam_ints[ZQ_HPARAM_INT_COUNT] = {
     {"n_vocab", offsetof(zq_hparams, n_vocab), 1 << 24},
@@ -58,6 +59,30 @@ int zq_type_from_name(const char *name)
         if (strcmp(name, zq_type_name(types[i])) == 0)
             return (int)types[i];
     return -1;
+}
+
+size_t zq_utf8_invalid_at(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if ((unsigned char)s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        utf8proc_int32_t cp;
+        const utf8proc_ssize_t step = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+                                                       (utf8proc_ssize_t)(n - i), &cp);
+        if (step <= 0)
+            return i;
+        i += (size_t)step;
+    }
+    return n;
+}
+
+static bool utf8_valid(const char *s)
+{
+    const size_t n = strlen(s);
+    return zq_utf8_invalid_at(s, n) == n;
 }
 
 int32_t zq_file_find_token(const zq_file *f, const char *token)
@@ -233,12 +258,19 @@ static zq_status check_tokenizer_input(const char *path, const zq_file *f)
         return zq_fail(ZQ_ERR_INVALID_ARG,
                        "%s: the tokenizer has %d + %d added tokens, more than n_vocab %d", path,
                        f->n_vocab_base, f->n_added, f->hparams.n_vocab);
-    for (int32_t i = 0; i < f->n_vocab_base; i++)
+    for (int32_t i = 0; i < f->n_vocab_base; i++) {
         if (!f->vocab[i])
             return zq_fail(ZQ_ERR_INVALID_ARG, "%s: vocabulary entry %d is NULL", path, i);
-    for (int32_t j = 0; j < f->n_added; j++)
+        if (!utf8_valid(f->vocab[i]))
+            return zq_fail(ZQ_ERR_INVALID_ARG, "%s: vocabulary entry %d is not valid UTF-8",
+                           path, i);
+    }
+    for (int32_t j = 0; j < f->n_added; j++) {
         if (!f->added[j])
             return zq_fail(ZQ_ERR_INVALID_ARG, "%s: added token %d is NULL", path, j);
+        if (!utf8_valid(f->added[j]))
+            return zq_fail(ZQ_ERR_INVALID_ARG, "%s: added token %d is not valid UTF-8", path, j);
+    }
     return ZQ_OK;
 }
 
@@ -247,6 +279,8 @@ static zq_status check_tensor_input(const char *path, const zq_file_tensor *t)
     if (t->name[0] == 0 || !string_fits(t->name, sizeof t->name))
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: a tensor name is empty or not NUL-terminated",
                        path);
+    if (!utf8_valid(t->name))
+        return zq_fail(ZQ_ERR_INVALID_ARG, "%s: a tensor name is not valid UTF-8", path);
     ZQ_TRY(zq_check_tensor_shape(path, ZQ_ERR_INVALID_ARG, t));
     if (!t->data || (t->type == ZQ_TYPE_Q8 && !t->scales))
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: tensor '%s' has no %s", path, t->name,
@@ -254,15 +288,35 @@ static zq_status check_tensor_input(const char *path, const zq_file_tensor *t)
     return ZQ_OK;
 }
 
+static zq_status check_provenance_input(const char *path, const zq_file *f)
+{
+    const struct {
+        const char *key;
+        const char *text;
+        size_t cap;
+    } fields[] = {
+        {"name", f->name, sizeof f->name},
+        {"tool", f->tool, sizeof f->tool},
+        {"source", f->source, sizeof f->source},
+        {"source_format", f->source_format, sizeof f->source_format},
+        {"quant_desc", f->quant_desc, sizeof f->quant_desc},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        if (!string_fits(fields[i].text, fields[i].cap))
+            return zq_fail(ZQ_ERR_INVALID_ARG, "%s: provenance %s is not NUL-terminated", path,
+                           fields[i].key);
+        if (!utf8_valid(fields[i].text))
+            return zq_fail(ZQ_ERR_INVALID_ARG, "%s: provenance %s is not valid UTF-8", path,
+                           fields[i].key);
+    }
+    return ZQ_OK;
+}
+
 zq_status zq_meta_check_input(const char *path, const zq_file *f)
 {
     ZQ_TRY(zq_check_hparams(path, ZQ_ERR_INVALID_ARG, "hparams", &f->hparams));
     ZQ_TRY(check_tokenizer_input(path, f));
-    if (!string_fits(f->name, sizeof f->name) || !string_fits(f->tool, sizeof f->tool) ||
-        !string_fits(f->source, sizeof f->source) ||
-        !string_fits(f->source_format, sizeof f->source_format) ||
-        !string_fits(f->quant_desc, sizeof f->quant_desc))
-        return zq_fail(ZQ_ERR_INVALID_ARG, "%s: a provenance string is not NUL-terminated", path);
+    ZQ_TRY(check_provenance_input(path, f));
     if (f->n_tensors < 0 || f->n_tensors > ZQ_FILE_MAX_TENSORS || (f->n_tensors > 0 && !f->tensors))
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: %d tensors, expected 0 to %d", path, f->n_tensors,
                        ZQ_FILE_MAX_TENSORS);

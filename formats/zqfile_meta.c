@@ -352,6 +352,12 @@ zq_status zq_meta_parse(const char *path, const char *json, size_t len, uint64_t
 {
     *frames = NULL;
     const frame_area area = {data_start, file_size};
+    const size_t bad = zq_utf8_invalid_at(json, len);
+    if (bad < len)
+        return zq_fail(ZQ_ERR_FORMAT,
+                       "%s: the metadata is not valid UTF-8 at byte %zu of the JSON text; the "
+                       "format requires UTF-8",
+                       path, bad);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);

@@ -7,6 +7,7 @@
 
 #include "../formats/hf.h"
 #include "../formats/zqfile.h"
+#include "../formats/zqfile_internal.h"
 #include "../runtime/eval.h"
 #include "../runtime/internal.h"
 #include "smooth.h"
@@ -260,16 +261,23 @@ static zq_status merge_added(const zq_hf_model *hf, const zq_quantize_params *p,
     int n = 0;
     for (int i = 0; i < cap; i++) {
         char *tok = i < hf->n_added ? hf->added[i] : (char *)p->added_tokens[i - hf->n_added];
-        if (!tok[0]) {
-            free(added);
-            return zq_fail(ZQ_ERR_INVALID_ARG, "an added token is empty");
-        }
         if (!in_list(added, n, tok) && !in_list(hf->vocab, hf->n_vocab_lines, tok))
             added[n++] = tok;
     }
     *out = added;
     *n_out = n;
     return ZQ_OK;
+}
+
+/* Replaces each byte that does not start a valid UTF-8 sequence with '?', so that a folder
+ * name in another encoding, or a multi-byte character cut by a field's size limit, cannot
+ * make the metadata invalid. */
+static void replace_invalid_utf8(char *s)
+{
+    const size_t len = strlen(s);
+    size_t at = 0;
+    while ((at += zq_utf8_invalid_at(s + at, len - at)) < len)
+        s[at++] = '?';
 }
 
 static void describe(zq_file *f, const zq_hf_model *hf, const char *dir,
@@ -303,6 +311,29 @@ static void describe(zq_file *f, const zq_hf_model *hf, const char *dir,
         snprintf(f->quant_desc + len, sizeof f->quant_desc - len, "; f16 for %s%s",
                  p->keep_f16[0], p->n_keep_f16 > 1 ? ", ..." : "");
     }
+    replace_invalid_utf8(f->name);
+    replace_invalid_utf8(f->source);
+    replace_invalid_utf8(f->quant_desc);
+}
+
+/* Checks the requested added tokens; zq_hf_load has checked the checkpoint's own. */
+static zq_status check_added_tokens(const zq_quantize_params *p)
+{
+    if (p->n_added < 0 || (p->n_added > 0 && !p->added_tokens))
+        return zq_fail(ZQ_ERR_INVALID_ARG, "%d added tokens but no list", p->n_added);
+    for (int i = 0; i < p->n_added; i++) {
+        const char *tok = p->added_tokens[i];
+        if (!tok || !tok[0])
+            return zq_fail(ZQ_ERR_INVALID_ARG, "added token %d is empty", i);
+        const size_t len = strlen(tok);
+        const size_t bad = zq_utf8_invalid_at(tok, len);
+        if (bad < len)
+            return zq_fail(ZQ_ERR_INVALID_ARG,
+                           "added token %d is not valid UTF-8 (byte %zu is 0x%02x); the .zq "
+                           "metadata is UTF-8",
+                           i, bad, (unsigned)(unsigned char)tok[bad]);
+    }
+    return ZQ_OK;
 }
 
 static zq_status check_params(const zq_quantize_params *p)
@@ -320,7 +351,7 @@ static zq_status check_params(const zq_quantize_params *p)
     if (p->calibrate_tokens < 0)
         return zq_fail(ZQ_ERR_INVALID_ARG, "calibration token limit %d is negative",
                        p->calibrate_tokens);
-    return ZQ_OK;
+    return check_added_tokens(p);
 }
 
 /* Converts every job in parallel. zq_last_error() is per thread, so the message of the failed

@@ -772,6 +772,21 @@ static void hf_tokenizer_files(void)
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     unlink(path);
 
+    /* Invalid UTF-8 and empty tokens in the tokenizer files, reported with the file and
+     * line. */
+    write_text(dir, "added_tokens.json", "{\"<user>\": 395,\n \"<b\xe4t>\": 396}");
+    expect_load_error(dir, ZQ_ERR_FORMAT, "added_tokens.json: line 2: invalid UTF-8", NULL);
+    write_text(dir, "added_tokens.json", "{\"\": 395}");
+    expect_load_error(dir, ZQ_ERR_FORMAT, "added_tokens.json: the added token with id 395 is empty",
+                      NULL);
+    snprintf(path, sizeof path, "%s/added_tokens.json", dir);
+    unlink(path);
+    write_text(dir, "tokenizer_config.json",
+               "{\"added_tokens_decoder\": {\"395\": {\"content\": \"\xed\xa0\x80\"}}}");
+    expect_load_error(dir, ZQ_ERR_FORMAT, "tokenizer_config.json: line 1: invalid UTF-8", NULL);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    unlink(path);
+
     /* vocab.txt: CRLF line ends are stripped; more lines than vocab_size is an error. */
     snprintf(path, sizeof path, "%s/vocab.txt", tiny);
     char *vocab = zq_test_read_file(path, NULL);
@@ -793,6 +808,21 @@ static void hf_tokenizer_files(void)
     if (m.n_vocab_lines == 395)
         CHECK(strcmp(m.vocab[2], "[CLS]") == 0, "vocab[2] = '%s'", m.vocab[2]);
     zq_hf_free(&m);
+
+    /* Line 7 with a Latin-1 byte; an overlong form on the last line. */
+    strcpy(crlf, vocab);
+    char *line7 = crlf;
+    for (int i = 0; i < 6; i++)
+        line7 = strchr(line7, '\n') + 1;
+    line7[1] = (char)0xe9;
+    write_text(dir, "vocab.txt", crlf);
+    expect_load_error(dir, ZQ_ERR_FORMAT, "vocab.txt: line 7: invalid UTF-8 at byte 2 of the line",
+                      NULL);
+    strcpy(crlf, vocab);
+    *strrchr(crlf, '\n') = 0;
+    strcpy(strrchr(crlf, '\n') + 1, "\xc0\xaf\n");
+    write_text(dir, "vocab.txt", crlf);
+    expect_load_error(dir, ZQ_ERR_FORMAT, "vocab.txt: line 395: invalid UTF-8", NULL);
 
     strcpy(crlf, vocab);
     strcat(crlf, "extra\n");

@@ -117,9 +117,41 @@ static void quantize_rejects_non_finite_weights(void)
     }
 }
 
+/* ---- UTF-8 in the metadata ------------------------------------------------------------- */
+
+static void quantize_keeps_metadata_utf8(void)
+{
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    qp.zstd_level = 1;
+    char dir[600], out[700];
+    copy_tiny("tiny", dir, sizeof dir);
+
+    const char *const added[] = {"<user>", "<b\xe4t>"};
+    qp.added_tokens = added;
+    qp.n_added = 2;
+    CHECK(quantize(dir, &qp, "latin1.zq", out, sizeof out) == ZQ_ERR_INVALID_ARG,
+          "a Latin-1 added token was accepted");
+    CHECK(strstr(zq_last_error(), "added token 1 is not valid UTF-8") != NULL, "message: %s",
+          zq_last_error());
+    CHECK(!file_exists(out), "a failed quantization left %s", out);
+    qp.n_added = 0;
+
+    /* A folder name in Latin-1 becomes '?' in the provenance, which must stay UTF-8. */
+    copy_tiny("tiny-caf\xe9", dir, sizeof dir);
+    CHECK(quantize(dir, &qp, "latin1-folder.zq", out, sizeof out) == ZQ_OK, "%s",
+          zq_last_error());
+    zq_file f;
+    CHECK(zq_file_read(out, 1, &f) == ZQ_OK, "%s", zq_last_error());
+    CHECK(strcmp(f.name, "tiny-caf?") == 0, "provenance name '%s'", f.name);
+    CHECK(strstr(f.source, "/tiny-caf?") != NULL, "provenance source '%s'", f.source);
+    zq_file_free(&f);
+}
+
 int main(void)
 {
     snprintf(tiny, sizeof tiny, "%s/tiny-random", zq_test_fixtures());
     ZQ_RUN(quantize_rejects_non_finite_weights);
+    ZQ_RUN(quantize_keeps_metadata_utf8);
     ZQ_CHECK_EXIT();
 }

@@ -707,6 +707,21 @@ static void m_tensors_object(crafted *c)
 {
     cJSON_ReplaceItemInObject(c->meta, "tensors", cJSON_CreateObject());
 }
+/* cJSON prints bytes above 0x7f as they are, so these reach the file unchanged. */
+static void m_vocab_latin1(crafted *c)
+{
+    cJSON *vocab = cJSON_GetObjectItem(cJSON_GetObjectItem(c->meta, "tokenizer"), "vocab");
+    cJSON_ReplaceItemInArray(vocab, 7, cJSON_CreateString("caf\xe9"));
+}
+static void m_added_surrogate(crafted *c)
+{
+    cJSON *added = cJSON_GetObjectItem(cJSON_GetObjectItem(c->meta, "tokenizer"), "added");
+    cJSON_ReplaceItemInArray(added, 1, cJSON_CreateString("<b\xed\xa0\x80t>"));
+}
+static void m_provenance_overlong(crafted *c)
+{
+    set_string(cJSON_GetObjectItem(c->meta, "provenance"), "source", "models/\xc0\xaf");
+}
 
 static void zqfile_rejects_bad_metadata(void)
 {
@@ -736,6 +751,9 @@ static void zqfile_rejects_bad_metadata(void)
         {"crc", m_wrong_crc, ZQ_ERR_CHECKSUM, "d.q8_groups"},
         {"huge", m_huge_raw_size, ZQ_ERR_FORMAT, "cannot come from"},
         {"tensors", m_tensors_object, ZQ_ERR_FORMAT, "tensors"},
+        {"utf8-vocab", m_vocab_latin1, ZQ_ERR_FORMAT, "not valid UTF-8"},
+        {"utf8-added", m_added_surrogate, ZQ_ERR_FORMAT, "not valid UTF-8"},
+        {"utf8-provenance", m_provenance_overlong, ZQ_ERR_FORMAT, "not valid UTF-8"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         crafted c;
@@ -957,6 +975,18 @@ static void zqfile_write_failures_leave_nothing(void)
     f.hparams.n_head = 3;
     CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "n_head 3 accepted");
     f.hparams.n_head = 2;
+    char latin1[] = "caf\xe9";
+    char *keep = f.vocab[7];
+    f.vocab[7] = latin1;
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "Latin-1 vocabulary accepted");
+    CHECK(strstr(zq_last_error(), "vocabulary entry 7 is not valid UTF-8") != NULL, "%s",
+          zq_last_error());
+    f.vocab[7] = keep;
+    snprintf(f.source, sizeof f.source, "models/\xff");
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "invalid provenance accepted");
+    CHECK(strstr(zq_last_error(), "provenance source is not valid UTF-8") != NULL, "%s",
+          zq_last_error());
+    snprintf(f.source, sizeof f.source, "memory");
     f.hparams.n_vocab = 5;
     CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "vocab over n_vocab accepted");
     CHECK_EQ_INT(count_entries(dir), 0);
