@@ -104,6 +104,15 @@ static zq_type job_type(const job *j, const zq_quantize_params *p)
     return p->type;
 }
 
+/* Returns the input width of a job's matrix: the columns of its stored layout. */
+static int stored_cols(const job *j)
+{
+    const zq_hf_tensor *t = j->src;
+    if (j->transpose)
+        return (int)t->shape[0];
+    return (int)(t->ndim == 2 ? t->shape[1] : t->shape[0]);
+}
+
 static void measure(const float *w, const zq_file_tensor *t, zq_quant_stat *stat)
 {
     const size_t n = (size_t)t->rows * t->cols;
@@ -177,7 +186,7 @@ static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tens
 
     zq_status st = ZQ_OK;
     if (t->type == ZQ_TYPE_Q8) {
-        t->group = p->group && cols % p->group == 0 ? p->group : 0;
+        t->group = p->group; /* check_group has checked that it divides cols */
         const int groups = t->group ? cols / t->group : 1;
         t->data = malloc(n);
         t->scales = malloc((size_t)rows * groups * sizeof(float));
@@ -210,6 +219,12 @@ static void add_job(job *jobs, int *n, const zq_hf_model *hf, const char *name, 
     j->transpose = transpose;
     j->large = large;
     j->extra_rows = extra_rows;
+}
+
+/* Returns the most jobs plan_jobs lists: wte, wpe, ln_f (2), lm_head and 12 per layer. */
+static int max_jobs(const zq_hf_model *hf)
+{
+    return 5 + 12 * hf->hparams.n_layer;
 }
 
 /* Lists the tensors in file order; zq_hf_load has checked that they exist. */
@@ -417,8 +432,7 @@ static zq_status write_model(const zq_hf_model *hf, const char *model_dir, const
     describe(&f, hf, model_dir, params);
     snprintf(report->source_format, sizeof report->source_format, "%s", hf->source_format);
 
-    const int max_jobs = 5 + 12 * hf->hparams.n_layer;
-    jobs = calloc((size_t)max_jobs, sizeof(job));
+    jobs = calloc((size_t)max_jobs(hf), sizeof(job));
     if (!jobs) {
         st = zq_fail(ZQ_ERR_NOMEM, "out of memory");
         goto done;
@@ -506,6 +520,51 @@ static zq_status smooth_outliers(zq_hf_model *hf, const char *model_dir,
     return st;
 }
 
+static int gcd(int a, int b)
+{
+    while (b) {
+        const int r = a % b;
+        a = b;
+        b = r;
+    }
+    return a;
+}
+
+/* Checks that the scale group divides the input width of every matrix stored as int8, so
+ * that the provenance's "scales per N inputs" holds for all of them. */
+static zq_status check_group(const job *jobs, int n_jobs, const zq_quantize_params *p)
+{
+    if (!p->group)
+        return ZQ_OK;
+    int widths = 0; /* gcd of the int8 widths, the largest group that divides them all */
+    const job *bad = NULL;
+    for (int i = 0; i < n_jobs; i++) {
+        if (job_type(&jobs[i], p) != ZQ_TYPE_Q8)
+            continue;
+        widths = gcd(widths, stored_cols(&jobs[i]));
+        if (!bad && stored_cols(&jobs[i]) % p->group != 0)
+            bad = &jobs[i];
+    }
+    if (!bad)
+        return ZQ_OK;
+    return zq_fail(ZQ_ERR_INVALID_ARG,
+                   "--group %d does not divide the %d inputs of '%s'; choose a multiple of 4 "
+                   "that divides %d, or 0 for one scale per row",
+                   p->group, stored_cols(bad), bad->name, widths);
+}
+
+/* Checks the options against the loaded checkpoint before any conversion. */
+static zq_status check_plan(const zq_hf_model *hf, const zq_quantize_params *p)
+{
+    job *jobs = calloc((size_t)max_jobs(hf), sizeof(job));
+    if (!jobs)
+        return zq_fail(ZQ_ERR_NOMEM, "out of memory");
+    const int n_jobs = plan_jobs(hf, 0, jobs);
+    const zq_status st = check_group(jobs, n_jobs, p);
+    free(jobs);
+    return st;
+}
+
 zq_status zq_quantize_model(const char *model_dir, const char *out_path,
                             const zq_quantize_params *params, zq_quant_report *report)
 {
@@ -513,9 +572,9 @@ zq_status zq_quantize_model(const char *model_dir, const char *out_path,
     ZQ_TRY(check_params(params));
     zq_hf_model hf;
     ZQ_TRY(zq_hf_load(model_dir, &hf));
-    zq_status st = ZQ_OK;
+    zq_status st = check_plan(&hf, params);
     long long tokens = 0;
-    if (params->calibrate)
+    if (st == ZQ_OK && params->calibrate)
         st = smooth_outliers(&hf, model_dir, params, &tokens);
     if (st == ZQ_OK)
         st = write_model(&hf, model_dir, out_path, params, report);

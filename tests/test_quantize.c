@@ -148,10 +148,57 @@ static void quantize_keeps_metadata_utf8(void)
     zq_file_free(&f);
 }
 
+/* ---- scale groups ----------------------------------------------------------------------- */
+
+static void quantize_rejects_group_not_dividing(void)
+{
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    qp.zstd_level = 1;
+    char out[700];
+
+    /* tiny-random's matrices are 64 wide, except mlp.c_proj, which is 256 wide. */
+    qp.group = 128;
+    CHECK(quantize(tiny, &qp, "group-128.zq", out, sizeof out) == ZQ_ERR_INVALID_ARG,
+          "group 128 was accepted");
+    CHECK(strstr(zq_last_error(), "--group 128 does not divide the 64 inputs of 'wte.weight'") !=
+              NULL,
+          "message: %s", zq_last_error());
+    CHECK(strstr(zq_last_error(), "divides 64") != NULL, "message: %s", zq_last_error());
+    CHECK(!file_exists(out), "a failed quantization left %s", out);
+
+    /* A matrix kept in f16 has no scales, so the next int8 matrix is named. */
+    const char *const keep[] = {"wte.weight"};
+    qp.keep_f16 = keep;
+    qp.n_keep_f16 = 1;
+    CHECK(quantize(tiny, &qp, "group-128.zq", out, sizeof out) == ZQ_ERR_INVALID_ARG,
+          "group 128 was accepted");
+    CHECK(strstr(zq_last_error(), "64 inputs of 'h.0.attn.c_attn.weight'") != NULL, "message: %s",
+          zq_last_error());
+    qp.n_keep_f16 = 0;
+
+    qp.group = 32;
+    CHECK(quantize(tiny, &qp, "group-32.zq", out, sizeof out) == ZQ_OK, "%s", zq_last_error());
+    zq_file f;
+    CHECK(zq_file_read(out, 1, &f) == ZQ_OK, "%s", zq_last_error());
+    CHECK(strstr(f.quant_desc, "scales per 32 inputs") != NULL, "quant_desc '%s'", f.quant_desc);
+    int n_q8 = 0;
+    for (int i = 0; i < f.n_tensors; i++) {
+        if (f.tensors[i].type != ZQ_TYPE_Q8)
+            continue;
+        n_q8++;
+        CHECK(f.tensors[i].group == 32, "'%s' has group %d", f.tensors[i].name,
+              f.tensors[i].group);
+    }
+    CHECK_EQ_INT(n_q8, 9);
+    zq_file_free(&f);
+}
+
 int main(void)
 {
     snprintf(tiny, sizeof tiny, "%s/tiny-random", zq_test_fixtures());
     ZQ_RUN(quantize_rejects_non_finite_weights);
     ZQ_RUN(quantize_keeps_metadata_utf8);
+    ZQ_RUN(quantize_rejects_group_not_dividing);
     ZQ_CHECK_EXIT();
 }
