@@ -21,12 +21,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define DEFAULT_ALPHA 0.5f
+
 void zq_quantize_params_default(zq_quantize_params *params)
 {
     memset(params, 0, sizeof *params);
     params->type = ZQ_TYPE_Q8;
     params->zstd_level = 10;
-    params->alpha = 0.5f;
+    params->alpha = DEFAULT_ALPHA;
 }
 
 void zq_quantize_q8(const float *w, int rows, int cols, int group, int8_t *q, float *scales)
@@ -553,7 +555,41 @@ static zq_status check_group(const job *jobs, int n_jobs, const zq_quantize_para
                    p->group, stored_cols(bad), bad->name, widths);
 }
 
-/* Checks the options against the loaded checkpoint before any conversion. */
+/* Warns about each --keep-f16 pattern that matches no matrix, since only the matrices are
+ * stored as --type and the other tensors stay f32 anyway. */
+static void warn_unused_keep(const job *jobs, int n_jobs, const zq_quantize_params *p)
+{
+    if (p->n_keep_f16 > 0 && p->type != ZQ_TYPE_Q8)
+        ZQ_WARN("--keep-f16 has no effect with --type %s", zq_type_name(p->type));
+    for (int k = 0; k < p->n_keep_f16; k++) {
+        bool used = false;
+        for (int i = 0; i < n_jobs && !used; i++)
+            used = jobs[i].large && fnmatch(p->keep_f16[k], jobs[i].name, 0) == 0;
+        if (!used)
+            ZQ_WARN("--keep-f16 pattern '%s' matches no matrix, so it has no effect (matrix "
+                    "names look like 'wte.weight' or 'h.0.mlp.c_fc.weight')",
+                    p->keep_f16[k]);
+    }
+}
+
+/* Warns about each requested added token that vocab.txt or the checkpoint already has, or
+ * that the list repeats: none of them adds a token. */
+static void warn_unused_added(const zq_hf_model *hf, const zq_quantize_params *p)
+{
+    for (int i = 0; i < p->n_added; i++) {
+        const char *tok = p->added_tokens[i];
+        if (in_list(hf->vocab, hf->n_vocab_lines, tok))
+            ZQ_WARN("--add-token '%s' is already in vocab.txt, so it adds nothing", tok);
+        else if (in_list(hf->added, hf->n_added, tok))
+            ZQ_WARN("--add-token '%s' is already an added token of the model, so it adds "
+                    "nothing", tok);
+        else if (in_list((char *const *)p->added_tokens, i, tok))
+            ZQ_WARN("--add-token '%s' is given more than once", tok);
+    }
+}
+
+/* Checks the options against the loaded checkpoint before any conversion, and warns about
+ * options that change nothing. */
 static zq_status check_plan(const zq_hf_model *hf, const zq_quantize_params *p)
 {
     job *jobs = calloc((size_t)max_jobs(hf), sizeof(job));
@@ -561,6 +597,14 @@ static zq_status check_plan(const zq_hf_model *hf, const zq_quantize_params *p)
         return zq_fail(ZQ_ERR_NOMEM, "out of memory");
     const int n_jobs = plan_jobs(hf, 0, jobs);
     const zq_status st = check_group(jobs, n_jobs, p);
+    if (st == ZQ_OK) {
+        if (p->group && p->type != ZQ_TYPE_Q8)
+            ZQ_WARN("--group %d has no effect with --type %s", p->group, zq_type_name(p->type));
+        if (!p->calibrate && p->alpha != DEFAULT_ALPHA)
+            ZQ_WARN("--alpha %.2f has no effect without --calibrate", (double)p->alpha);
+        warn_unused_keep(jobs, n_jobs, p);
+        warn_unused_added(hf, p);
+    }
     free(jobs);
     return st;
 }

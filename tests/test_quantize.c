@@ -194,11 +194,90 @@ static void quantize_rejects_group_not_dividing(void)
     zq_file_free(&f);
 }
 
+/* ---- options without effect ------------------------------------------------------------ */
+
+typedef struct {
+    char text[4096];
+    int n_warnings;
+} log_capture;
+
+static void capture_log(zq_log_level level, const char *func, const char *message, void *user)
+{
+    log_capture *c = user;
+    if (level != ZQ_LOG_WARN)
+        return;
+    c->n_warnings++;
+    const size_t used = strlen(c->text);
+    snprintf(c->text + used, sizeof c->text - used, "%s\n", message);
+}
+
+/* Quantizes tiny-random with params and returns the warnings it logged in c. */
+static void quantize_logged(const zq_quantize_params *params, log_capture *c)
+{
+    memset(c, 0, sizeof *c);
+    zq_log_set_callback(capture_log, c);
+    char out[700];
+    const zq_status st = quantize(tiny, params, "warn.zq", out, sizeof out);
+    zq_log_set_callback(NULL, NULL);
+    CHECK(st == ZQ_OK, "%s", zq_last_error());
+}
+
+static void quantize_warns_unused_options(void)
+{
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    qp.zstd_level = 1;
+    log_capture c;
+    quantize_logged(&qp, &c);
+    CHECK_EQ_INT(c.n_warnings, 0);
+
+    const char *const keep[] = {"h.*.ln_1.weight", "wte.weight", "no.such.tensor"};
+    qp.keep_f16 = keep;
+    qp.n_keep_f16 = 3;
+    quantize_logged(&qp, &c);
+    CHECK_EQ_INT(c.n_warnings, 2);
+    CHECK(strstr(c.text, "--keep-f16 pattern 'h.*.ln_1.weight' matches no matrix") != NULL,
+          "warnings: %s", c.text);
+    CHECK(strstr(c.text, "--keep-f16 pattern 'no.such.tensor' matches no matrix") != NULL,
+          "warnings: %s", c.text);
+    qp.n_keep_f16 = 0;
+
+    const char *const added[] = {"[CLS]", "<user>", "<user>"};
+    qp.added_tokens = added;
+    qp.n_added = 3;
+    quantize_logged(&qp, &c);
+    CHECK_EQ_INT(c.n_warnings, 2);
+    CHECK(strstr(c.text, "--add-token '[CLS]' is already in vocab.txt") != NULL, "warnings: %s",
+          c.text);
+    CHECK(strstr(c.text, "--add-token '<user>' is given more than once") != NULL,
+          "warnings: %s", c.text);
+    qp.n_added = 0;
+
+    qp.alpha = 0.75f;
+    quantize_logged(&qp, &c);
+    CHECK_EQ_INT(c.n_warnings, 1);
+    CHECK(strstr(c.text, "--alpha 0.75 has no effect without --calibrate") != NULL,
+          "warnings: %s", c.text);
+    qp.alpha = 0.5f;
+
+    qp.type = ZQ_TYPE_F16;
+    qp.group = 32;
+    qp.keep_f16 = keep + 1;
+    qp.n_keep_f16 = 1;
+    quantize_logged(&qp, &c);
+    CHECK_EQ_INT(c.n_warnings, 2);
+    CHECK(strstr(c.text, "--group 32 has no effect with --type f16") != NULL, "warnings: %s",
+          c.text);
+    CHECK(strstr(c.text, "--keep-f16 has no effect with --type f16") != NULL, "warnings: %s",
+          c.text);
+}
+
 int main(void)
 {
     snprintf(tiny, sizeof tiny, "%s/tiny-random", zq_test_fixtures());
     ZQ_RUN(quantize_rejects_non_finite_weights);
     ZQ_RUN(quantize_keeps_metadata_utf8);
     ZQ_RUN(quantize_rejects_group_not_dividing);
+    ZQ_RUN(quantize_warns_unused_options);
     ZQ_CHECK_EXIT();
 }
