@@ -106,6 +106,11 @@ zq_status zq_check_tensor_shape(const char *path, zq_status status, const zq_fil
 /* Checks what the int8 kernels rely on: values in [-127, 127], scales finite and >= 0. */
 zq_status zq_check_q8_values(const char *path, zq_status status, const zq_file_tensor *t);
 
+/* Checks that name is a weight of a GPT-2 model with n_layer blocks: wte.weight, wpe.weight,
+ * ln_f.weight, ln_f.bias, lm_head.weight or h.<layer>.<suffix> with layer < n_layer. */
+zq_status zq_check_tensor_name(const char *path, zq_status status, const char *name,
+                               int32_t n_layer);
+
 /* Checks that no two tensors share a name. */
 zq_status zq_check_unique_names(const char *path, zq_status status, const zq_file *f);
 

@@ -8,6 +8,7 @@
 #include "../runtime/internal.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,61 @@ zq_status zq_check_q8_values(const char *path, zq_status status, const zq_file_t
                    path, t->name, at / (size_t)t->cols, at % (size_t)t->cols);
 }
 
+static const char *const top_tensors[] = {"wte.weight", "wpe.weight", "ln_f.weight",
+                                           "ln_f.bias", "lm_head.weight"};
+static const char *const layer_tensors[] = {
+    "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
+    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
+    "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias",
+};
+
+static bool in_names(const char *const *names, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Parses "h.<layer>.<suffix>" with a layer number in canonical decimal form (no sign, no
+ * leading zero) and returns the layer, or -1 if name has another form or a layer above 2^20,
+ * far past the format's limit of 1024 layers. */
+static long layer_of(const char *name)
+{
+    if (strncmp(name, "h.", 2) != 0 || !isdigit((unsigned char)name[2]))
+        return -1;
+    const char *p = name + 2;
+    if (p[0] == '0' && isdigit((unsigned char)p[1]))
+        return -1;
+    long layer = 0;
+    for (; isdigit((unsigned char)*p); p++) {
+        layer = 10 * layer + (*p - '0');
+        if (layer > 1 << 20)
+            return -1;
+    }
+    const size_t n_suffixes = sizeof layer_tensors / sizeof layer_tensors[0];
+    if (*p != '.' || !in_names(layer_tensors, n_suffixes, p + 1))
+        return -1;
+    return layer;
+}
+
+zq_status zq_check_tensor_name(const char *path, zq_status status, const char *name,
+                               int32_t n_layer)
+{
+    if (in_names(top_tensors, sizeof top_tensors / sizeof top_tensors[0], name))
+        return ZQ_OK;
+    const long layer = layer_of(name);
+    if (layer >= n_layer)
+        return zq_fail(status, "%s: tensor '%s' belongs to layer %ld, but hparams.n_layer is %d",
+                       path, name, layer, n_layer);
+    if (layer < 0)
+        return zq_fail(status,
+                       "%s: unknown tensor '%.96s'; a GPT-2 model has wte, wpe, ln_f, lm_head "
+                       "and h.<layer>.* weights",
+                       path, name);
+    return ZQ_OK;
+}
+
 static int compare_names(const void *a, const void *b)
 {
     const zq_file_tensor *const *x = a;
@@ -274,13 +330,14 @@ static zq_status check_tokenizer_input(const char *path, const zq_file *f)
     return ZQ_OK;
 }
 
-static zq_status check_tensor_input(const char *path, const zq_file_tensor *t)
+static zq_status check_tensor_input(const char *path, const zq_file_tensor *t, int32_t n_layer)
 {
     if (t->name[0] == 0 || !string_fits(t->name, sizeof t->name))
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: a tensor name is empty or not NUL-terminated",
                        path);
     if (!utf8_valid(t->name))
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: a tensor name is not valid UTF-8", path);
+    ZQ_TRY(zq_check_tensor_name(path, ZQ_ERR_INVALID_ARG, t->name, n_layer));
     ZQ_TRY(zq_check_tensor_shape(path, ZQ_ERR_INVALID_ARG, t));
     if (!t->data || (t->type == ZQ_TYPE_Q8 && !t->scales))
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: tensor '%s' has no %s", path, t->name,
@@ -321,7 +378,7 @@ zq_status zq_meta_check_input(const char *path, const zq_file *f)
         return zq_fail(ZQ_ERR_INVALID_ARG, "%s: %d tensors, expected 0 to %d", path, f->n_tensors,
                        ZQ_FILE_MAX_TENSORS);
     for (int32_t i = 0; i < f->n_tensors; i++)
-        ZQ_TRY(check_tensor_input(path, &f->tensors[i]));
+        ZQ_TRY(check_tensor_input(path, &f->tensors[i], f->hparams.n_layer));
     return zq_check_unique_names(path, ZQ_ERR_INVALID_ARG, f);
 }
 

@@ -51,13 +51,41 @@ static zq_status expected(const char *path, const char *where, const char *key, 
                    dot, key, what, describe(found, buf, sizeof buf));
 }
 
+static int compare_keys(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Fails if two members of obj have the same key: cJSON would keep both and find the first,
+ * while other JSON parsers keep the last. where names obj in the message. */
+static zq_status check_unique_keys(const char *path, const char *where, const cJSON *obj)
+{
+    const int n = cJSON_GetArraySize(obj);
+    if (n < 2)
+        return ZQ_OK;
+    const char **keys = malloc((size_t)n * sizeof *keys);
+    if (!keys)
+        return zq_fail(ZQ_ERR_NOMEM, "%s: out of memory", path);
+    int k = 0;
+    for (const cJSON *it = obj->child; it; it = it->next)
+        keys[k++] = it->string;
+    qsort(keys, (size_t)n, sizeof *keys, compare_keys);
+    zq_status st = ZQ_OK;
+    for (int i = 1; i < n && st == ZQ_OK; i++)
+        if (strcmp(keys[i - 1], keys[i]) == 0)
+            st = zq_fail(ZQ_ERR_FORMAT, "%s: metadata object %s has the key \"%.40s\" twice",
+                         path, where, keys[i]);
+    free(keys);
+    return st;
+}
+
 static zq_status get_object(const char *path, const cJSON *obj, const char *key,
                             const cJSON **out)
 {
     *out = get(obj, key);
     if (!cJSON_IsObject(*out))
         return expected(path, "", key, "an object", *out);
-    return ZQ_OK;
+    return check_unique_keys(path, key, *out);
 }
 
 static zq_status get_int(const char *path, const cJSON *obj, const char *where, const char *key,
@@ -171,6 +199,7 @@ static zq_status parse_special(const char *path, const cJSON *tok, const zq_file
     const cJSON *obj = get(tok, "special");
     if (!cJSON_IsObject(obj))
         return expected(path, "tokenizer", "special", "an object", obj);
+    ZQ_TRY(check_unique_keys(path, "tokenizer.special", obj));
     for (int i = 0; i < ZQ_SPECIAL_COUNT; i++) {
         int64_t id = 0;
         ZQ_TRY(get_int(path, obj, "tokenizer.special", zq_special_keys[i], -1, INT32_MAX, &id));
@@ -336,7 +365,9 @@ static zq_status parse_tensors(const char *path, const cJSON *root, const frame_
         snprintf(where, sizeof where, "tensors%s", index);
         if (!cJSON_IsObject(e))
             return expected(path, "tensors", index, "an object", e);
+        ZQ_TRY(check_unique_keys(path, where, e));
         ZQ_TRY(parse_tensor_shape(path, e, where, &f->tensors[i]));
+        ZQ_TRY(zq_check_tensor_name(path, ZQ_ERR_FORMAT, f->tensors[i].name, f->hparams.n_layer));
         ZQ_TRY(parse_frame(path, e, where, &f->tensors[i], area, &next_offset, &(*frames)[i]));
     }
     const uint64_t end = area->data_start + next_offset;
@@ -358,12 +389,23 @@ zq_status zq_meta_parse(const char *path, const char *json, size_t len, uint64_t
                        "%s: the metadata is not valid UTF-8 at byte %zu of the JSON text; the "
                        "format requires UTF-8",
                        path, bad);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return zq_fail(ZQ_ERR_FORMAT, "%s: the metadata is not a JSON object", path);
     }
-    zq_status st = parse_hparams(path, root, &f->hparams);
+    while (end < json + len && strchr(" \t\r\n", *end) && *end)
+        end++;
+    zq_status st = ZQ_OK;
+    if (end != json + len)
+        st = zq_fail(ZQ_ERR_FORMAT,
+                     "%s: %zu unexpected bytes after the metadata JSON object, from byte %zu",
+                     path, (size_t)(json + len - end), (size_t)(end - json));
+    if (st == ZQ_OK)
+        st = check_unique_keys(path, "at the top level", root);
+    if (st == ZQ_OK)
+        st = parse_hparams(path, root, &f->hparams);
     if (st == ZQ_OK)
         st = parse_tokenizer(path, root, f);
     if (st == ZQ_OK)

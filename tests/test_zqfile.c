@@ -57,7 +57,9 @@ static char *sample_added[] = {"<user>", "<bot>"};
 
 enum { N_SAMPLE = 6 };
 
-/* Fills f with one tensor of each kind; the data is malloc'd (free with free_sample). */
+/* Fills f with one tensor of each kind; the data is malloc'd (free with free_sample). The
+ * tensors have the names of GPT-2 weights, which the reader requires, but small shapes that
+ * no model has. */
 static void make_sample(zq_file *f)
 {
     memset(f, 0, sizeof *f);
@@ -80,9 +82,12 @@ static void make_sample(zq_file *f)
         zq_type type;
         int rows, cols, group;
     } shapes[N_SAMPLE] = {
-        {"a.f32", ZQ_TYPE_F32, 3, 5, 0},        {"b.f16", ZQ_TYPE_F16, 4, 7, 0},
-        {"c.q8_rows", ZQ_TYPE_Q8, 5, 33, 0},    {"d.q8_groups", ZQ_TYPE_Q8, 6, 64, 16},
-        {"e.vector", ZQ_TYPE_F32, 1, 9, 0},     {"f.q8_big", ZQ_TYPE_Q8, 40, 4000, 0},
+        {"wpe.weight", ZQ_TYPE_F32, 3, 5, 0},
+        {"h.0.attn.c_proj.weight", ZQ_TYPE_F16, 4, 7, 0},
+        {"h.0.attn.c_attn.weight", ZQ_TYPE_Q8, 5, 33, 0},
+        {"h.0.mlp.c_fc.weight", ZQ_TYPE_Q8, 6, 64, 16},
+        {"ln_f.bias", ZQ_TYPE_F32, 1, 9, 0},
+        {"wte.weight", ZQ_TYPE_Q8, 40, 4000, 0},
     };
     f->tensors = calloc(N_SAMPLE, sizeof *f->tensors);
     f->n_tensors = N_SAMPLE;
@@ -291,7 +296,7 @@ static void zqfile_round_trip(void)
         compare_files(&want, &got);
         CHECK((uintptr_t)got.arena % 64 == 0, "arena not aligned");
         CHECK(got.arena_bytes >= 6 * 64, "arena of %zu bytes", got.arena_bytes);
-        CHECK(zq_file_find(&got, "d.q8_groups") == &got.tensors[3], "find failed");
+        CHECK(zq_file_find(&got, "h.0.mlp.c_fc.weight") == &got.tensors[3], "find failed");
         CHECK(zq_file_find(&got, "missing") == NULL, "found a missing tensor");
     }
     zq_file_free(&got);
@@ -677,7 +682,7 @@ static void m_raw_size(crafted *c)
 }
 static void m_duplicate(crafted *c)
 {
-    set_string(tensor_entry(c, 4), "name", "a.f32");
+    set_string(tensor_entry(c, 4), "name", "wpe.weight");
 }
 static void m_bad_group(crafted *c)
 {
@@ -723,6 +728,36 @@ static void m_provenance_overlong(crafted *c)
     set_string(cJSON_GetObjectItem(c->meta, "provenance"), "source", "models/\xc0\xaf");
 }
 
+static void m_duplicate_hparam(crafted *c)
+{
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(c->meta, "hparams"), "n_embd", 16);
+}
+static void m_duplicate_top_key(crafted *c)
+{
+    cJSON_AddItemToObject(c->meta, "provenance", cJSON_CreateObject());
+}
+static void m_duplicate_special(crafted *c)
+{
+    cJSON *tok = cJSON_GetObjectItem(c->meta, "tokenizer");
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(tok, "special"), "sep", 2);
+}
+static void m_duplicate_tensor_key(crafted *c)
+{
+    cJSON_AddNumberToObject(tensor_entry(c, 2), "rows", 50);
+}
+static void m_layer_past_n_layer(crafted *c)
+{
+    set_string(tensor_entry(c, 1), "name", "h.1.attn.c_proj.weight");
+}
+static void m_unknown_tensor(crafted *c)
+{
+    set_string(tensor_entry(c, 1), "name", "h.0.attn.masked_bias");
+}
+static void m_leading_zero_layer(crafted *c)
+{
+    set_string(tensor_entry(c, 1), "name", "h.00.attn.c_proj.weight");
+}
+
 static void zqfile_rejects_bad_metadata(void)
 {
     const struct {
@@ -748,12 +783,26 @@ static void zqfile_rejects_bad_metadata(void)
         {"group", m_bad_group, ZQ_ERR_FORMAT, "does not divide"},
         {"group-f32", m_group_on_f32, ZQ_ERR_FORMAT, "only int8"},
         {"type", m_bad_type, ZQ_ERR_FORMAT, "q4_0"},
-        {"crc", m_wrong_crc, ZQ_ERR_CHECKSUM, "d.q8_groups"},
+        {"crc", m_wrong_crc, ZQ_ERR_CHECKSUM, "h.0.mlp.c_fc.weight"},
         {"huge", m_huge_raw_size, ZQ_ERR_FORMAT, "cannot come from"},
         {"tensors", m_tensors_object, ZQ_ERR_FORMAT, "tensors"},
         {"utf8-vocab", m_vocab_latin1, ZQ_ERR_FORMAT, "not valid UTF-8"},
         {"utf8-added", m_added_surrogate, ZQ_ERR_FORMAT, "not valid UTF-8"},
         {"utf8-provenance", m_provenance_overlong, ZQ_ERR_FORMAT, "not valid UTF-8"},
+        {"dup-hparam", m_duplicate_hparam, ZQ_ERR_FORMAT,
+         "metadata object hparams has the key \"n_embd\" twice"},
+        {"dup-top", m_duplicate_top_key, ZQ_ERR_FORMAT,
+         "metadata object at the top level has the key \"provenance\" twice"},
+        {"dup-special", m_duplicate_special, ZQ_ERR_FORMAT,
+         "metadata object tokenizer.special has the key \"sep\" twice"},
+        {"dup-tensor", m_duplicate_tensor_key, ZQ_ERR_FORMAT,
+         "metadata object tensors[2] has the key \"rows\" twice"},
+        {"layer", m_layer_past_n_layer, ZQ_ERR_FORMAT,
+         "tensor 'h.1.attn.c_proj.weight' belongs to layer 1, but hparams.n_layer is 1"},
+        {"unknown-tensor", m_unknown_tensor, ZQ_ERR_FORMAT,
+         "unknown tensor 'h.0.attn.masked_bias'"},
+        {"leading-zero", m_leading_zero_layer, ZQ_ERR_FORMAT,
+         "unknown tensor 'h.00.attn.c_proj.weight'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         crafted c;
@@ -777,6 +826,23 @@ static void zqfile_rejects_bad_metadata(void)
     zq_file f;
     CHECK(zq_file_read(path, 1, &f) == ZQ_OK, "%s", zq_last_error());
     zq_file_free(&f);
+    craft_free(&c);
+
+    /* Bytes after the JSON object; whitespace there is fine. */
+    craft_from_sample(&c);
+    char *json = cJSON_PrintUnformatted(c.meta);
+    const size_t len = strlen(json);
+    char *text = malloc(len + 8);
+    memcpy(text, json, len);
+    memcpy(text + len, " \n{}", 4);
+    craft_write_text(&c, "meta-trailing.zq", text, len + 4, path, sizeof path);
+    expect_reject(path, ZQ_ERR_FORMAT, "2 unexpected bytes after the metadata JSON object");
+    memcpy(text + len, " \r\n\t", 4);
+    craft_write_text(&c, "meta-whitespace.zq", text, len + 4, path, sizeof path);
+    CHECK(zq_file_read(path, 1, &f) == ZQ_OK, "%s", zq_last_error());
+    zq_file_free(&f);
+    free(text);
+    cJSON_free(json);
     craft_free(&c);
 
     /* Metadata that is not JSON at all. */
@@ -953,12 +1019,18 @@ static void zqfile_write_failures_leave_nothing(void)
     f.tensors[3].group = 7;
     CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "group 7 of 64 accepted");
     f.tensors[3].group = 16;
-    snprintf(f.tensors[1].name, sizeof f.tensors[1].name, "a.f32");
+    snprintf(f.tensors[1].name, sizeof f.tensors[1].name, "wpe.weight");
     CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "duplicate name accepted");
+    snprintf(f.tensors[1].name, sizeof f.tensors[1].name, "h.1.attn.c_proj.weight");
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "layer 1 of 1 accepted");
+    CHECK(strstr(zq_last_error(), "belongs to layer 1") != NULL, "%s", zq_last_error());
     snprintf(f.tensors[1].name, sizeof f.tensors[1].name, "b.f16");
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "unknown name accepted");
+    CHECK(strstr(zq_last_error(), "unknown tensor 'b.f16'") != NULL, "%s", zq_last_error());
+    snprintf(f.tensors[1].name, sizeof f.tensors[1].name, "h.0.attn.c_proj.weight");
     ((int8_t *)f.tensors[2].data)[9] = -128;
     CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "-128 accepted");
-    CHECK(strstr(zq_last_error(), "c.q8_rows") != NULL, "%s", zq_last_error());
+    CHECK(strstr(zq_last_error(), "h.0.attn.c_attn.weight") != NULL, "%s", zq_last_error());
     ((int8_t *)f.tensors[2].data)[9] = 0;
     /* -128 in the first byte, the last 8-byte word and the tail bytes of [5, 33]. */
     const size_t at[] = {0, 159, 160, 164};
