@@ -260,6 +260,91 @@ static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const z
     }
 }
 
+/* Sets scores[h * T + t] to q_h . k_t for every head h and the positions t in [t0, t1). Each
+ * key row is read whole, all heads at once, which streams the cache from memory; the products
+ * are summed in eight lanes and a fixed tree. */
+VECTOR_CLONES static void score_positions(const float *q, const float *keys, int t0, int t1,
+                                          int heads, int hd, int T, float *scores)
+{
+    const int d = heads * hd;
+    for (int t = t0; t < t1; t++) {
+        const float *key = keys + (size_t)t * d;
+        for (int h = 0; h < heads; h++) {
+            float lanes[8] = {0};
+            for (int j = 0; j + 8 <= hd; j += 8)
+                for (int l = 0; l < 8; l++)
+                    lanes[l] += q[h * hd + j + l] * key[h * hd + j + l];
+            for (int j = hd / 8 * 8; j < hd; j++)
+                lanes[j % 8] += q[h * hd + j] * key[h * hd + j];
+            scores[(size_t)h * T + t] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                                        ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        }
+    }
+}
+
+/* Sets partial [d] to the sum over t in [t0, t1) of weight[h][t] * v_t for every head h. */
+VECTOR_CLONES static void weigh_positions(const float *weights, const float *values, int t0,
+                                          int t1, int heads, int hd, int T, float *partial)
+{
+    const int d = heads * hd;
+    memset(partial, 0, (size_t)d * sizeof(float));
+    for (int t = t0; t < t1; t++) {
+        const float *value = values + (size_t)t * d;
+        for (int h = 0; h < heads; h++) {
+            const float w = weights[(size_t)h * T + t];
+            float *out = partial + h * hd;
+            const float *v = value + h * hd;
+            SIMD_LOOP
+            for (int j = 0; j < hd; j++)
+                out[j] += w * v[j];
+        }
+    }
+}
+
+/* Computes the attention of a single token over positions 0..pos of its cache, all heads at
+ * once, so every pass over the cache reads whole rows. Reading one head's 64-float slice of
+ * each row instead ran at half the memory bandwidth. The positions are split into chunks of
+ * ZQ_ATT_CHUNK whose partial outputs are added in chunk order, so the result does not depend
+ * on the thread count. scratch holds the weights [heads][T], then the partials [chunks][d]. */
+static void attend_single(const zq_model *m, const float *q, const zq_kv *kv, int layer, int pos,
+                          float *scratch, float *out, int n_threads)
+{
+    const int d = m->hp.n_embd;
+    const int heads = m->hp.n_head;
+    const int hd = d / heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int T = pos + 1;
+    const int chunks = (T + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
+    float *weights = scratch;
+    float *partial = scratch + (size_t)heads * T;
+    const float *keys = kv->k[layer], *values = kv->v[layer];
+
+#pragma omp parallel num_threads(n_threads) if (chunks > 1)
+    {
+#pragma omp for schedule(static)
+        for (int c = 0; c < chunks; c++) {
+            const int t1 = (c + 1) * ZQ_ATT_CHUNK < T ? (c + 1) * ZQ_ATT_CHUNK : T;
+            score_positions(q, keys, c * ZQ_ATT_CHUNK, t1, heads, hd, T, weights);
+        }
+#pragma omp for schedule(static)
+        for (int h = 0; h < heads; h++)
+            softmax_window(weights + (size_t)h * T, T, scale);
+#pragma omp for schedule(static)
+        for (int c = 0; c < chunks; c++) {
+            const int t1 = (c + 1) * ZQ_ATT_CHUNK < T ? (c + 1) * ZQ_ATT_CHUNK : T;
+            weigh_positions(weights, values, c * ZQ_ATT_CHUNK, t1, heads, hd, T,
+                            partial + (size_t)c * d);
+        }
+#pragma omp for schedule(static)
+        for (int j = 0; j < d; j++) {
+            float sum = 0;
+            for (int c = 0; c < chunks; c++)
+                sum += partial[(size_t)c * d + j];
+            out[j] = sum;
+        }
+    }
+}
+
 /* Returns how many rows from r on (at most max) belong to one sequence at consecutive
  * positions. */
 static int run_length(zq_kv *const *kvs, const int *pos, int r, int max)
@@ -270,8 +355,9 @@ static int run_length(zq_kv *const *kvs, const int *pos, int r, int max)
     return len;
 }
 
-/* Computes the attention of every row and head. The rows are cut into blocks of ZQ_ATT_ROWS, and each
- * (block, head) is one work item, so the result does not depend on the thread count. */
+/* Computes the attention of every row and head. A single row (decode) goes to attend_single.
+ * More rows are cut into blocks of ZQ_ATT_ROWS, and each (block, head) is one work item, so
+ * the result does not depend on the thread count. */
 static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos,
                       int n, int layer, int n_threads)
 {
@@ -282,6 +368,10 @@ static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, co
     const int work = blocks * heads;
     if (n_threads > ws->score_threads)
         n_threads = ws->score_threads;
+    if (n == 1) {
+        attend_single(m, ws->qkv, kvs[0], layer, pos[0], ws->scores, ws->att, n_threads);
+        return;
+    }
 
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (work > 1)
     for (int i = 0; i < work; i++) {

@@ -76,7 +76,7 @@ typedef struct {
     float *qkv;    /* [rows][3 n_embd] */
     float *att;    /* [rows][n_embd] attention output */
     float *mlp;    /* [rows][n_inner] */
-    float *scores; /* [threads][ZQ_ATT_ROWS][n_ctx] attention weights */
+    float *scores; /* attention scratch, zq_attention_scratch() floats */
     int score_threads;
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
@@ -86,6 +86,19 @@ typedef struct {
 #define ZQ_HEAD_ROWS 16
 /* Rows of one sequence whose attention scores are one matrix product (prefill). */
 #define ZQ_ATT_ROWS 4
+/* Positions per work item of the attention of a single token (decode). */
+#define ZQ_ATT_CHUNK 64
+
+/* Returns the floats of attention scratch a workspace needs: ZQ_ATT_ROWS rows of weights per
+ * thread for prefill, or for a single token the weights of every head and one partial output
+ * per chunk of positions. */
+static inline size_t zq_attention_scratch(const zq_hparams *hp, int threads)
+{
+    const size_t rows = (size_t)threads * ZQ_ATT_ROWS * (size_t)hp->n_ctx;
+    const size_t chunks = ((size_t)hp->n_ctx + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
+    const size_t single = (size_t)hp->n_head * hp->n_ctx + chunks * (size_t)hp->n_embd;
+    return rows > single ? rows : single;
+}
 
 zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);
 void zq_workspace_free(zq_workspace *ws);

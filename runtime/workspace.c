@@ -86,8 +86,7 @@ zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows
     ws->qkv = alloc_floats(rows * 3 * d, &st);
     ws->att = alloc_floats(rows * d, &st);
     ws->mlp = alloc_floats(rows * (size_t)hp->n_inner, &st);
-    ws->scores =
-        alloc_floats((size_t)ws->score_threads * ZQ_ATT_ROWS * (size_t)hp->n_ctx, &st);
+    ws->scores = alloc_floats(zq_attention_scratch(hp, ws->score_threads), &st);
     ws->head_in = alloc_floats(ZQ_HEAD_ROWS * d, &st);
     ws->head_out = alloc_floats((size_t)ZQ_HEAD_ROWS * (size_t)hp->n_vocab, &st);
     if (st == ZQ_OK) {
