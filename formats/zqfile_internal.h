@@ -111,6 +111,10 @@ zq_status zq_check_q8_values(const char *path, zq_status status, const zq_file_t
 zq_status zq_check_tensor_name(const char *path, zq_status status, const char *name,
                                int32_t n_layer);
 
+/* Checks what the runtime tokenizer and prompt framing need of the tokens: no empty added
+ * token, and a [CLS] and a [SEP] token. */
+zq_status zq_check_tokens(const char *path, zq_status status, const zq_file *f);
+
 /* Checks that no two tensors share a name. */
 zq_status zq_check_unique_names(const char *path, zq_status status, const zq_file *f);
 

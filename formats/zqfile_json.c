@@ -298,6 +298,22 @@ zq_status zq_check_unique_names(const char *path, zq_status status, const zq_fil
     return st;
 }
 
+zq_status zq_check_tokens(const char *path, zq_status status, const zq_file *f)
+{
+    for (int32_t j = 0; j < f->n_added; j++)
+        if (!f->added[j][0])
+            return zq_fail(status, "%s: added token %d (id %d) is empty", path, j,
+                           f->n_vocab_base + j);
+    const char *const framing[] = {"[CLS]", "[SEP]"};
+    for (int i = 0; i < 2; i++)
+        if (zq_file_find_token(f, framing[i]) < 0)
+            return zq_fail(status,
+                           "%s: the vocabulary has no %s token, which zq needs to frame prompts "
+                           "as [CLS] text [SEP]",
+                           path, framing[i]);
+    return ZQ_OK;
+}
+
 static bool string_fits(const char *s, size_t cap)
 {
     return strnlen(s, cap) < cap;
@@ -327,7 +343,7 @@ static zq_status check_tokenizer_input(const char *path, const zq_file *f)
         if (!utf8_valid(f->added[j]))
             return zq_fail(ZQ_ERR_INVALID_ARG, "%s: added token %d is not valid UTF-8", path, j);
     }
-    return ZQ_OK;
+    return zq_check_tokens(path, ZQ_ERR_INVALID_ARG, f);
 }
 
 static zq_status check_tensor_input(const char *path, const zq_file_tensor *t, int32_t n_layer)

@@ -241,7 +241,8 @@ static zq_status parse_tokenizer(const char *path, const cJSON *root, zq_file *f
         return zq_fail(ZQ_ERR_FORMAT,
                        "%s: the tokenizer has %d + %d added tokens, more than n_vocab %d", path,
                        f->n_vocab_base, f->n_added, n_vocab);
-    return parse_special(path, tok, f);
+    ZQ_TRY(parse_special(path, tok, f));
+    return zq_check_tokens(path, ZQ_ERR_FORMAT, f);
 }
 
 static zq_status parse_provenance(const char *path, const cJSON *root, zq_file *f)

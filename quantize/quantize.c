@@ -588,10 +588,31 @@ static void warn_unused_added(const zq_hf_model *hf, const zq_quantize_params *p
     }
 }
 
+/* Checks that the tokenizer has the [CLS] and [SEP] tokens that a .zq file needs, before any
+ * conversion rather than in the writer at the end. */
+static zq_status check_framing_tokens(const zq_hf_model *hf, const char *model_dir,
+                                      const zq_quantize_params *p)
+{
+    const char *const framing[] = {"[CLS]", "[SEP]"};
+    for (int i = 0; i < 2; i++) {
+        if (in_list(hf->vocab, hf->n_vocab_lines, framing[i]) ||
+            in_list(hf->added, hf->n_added, framing[i]) ||
+            in_list((char *const *)p->added_tokens, p->n_added, framing[i]))
+            continue;
+        return zq_fail(ZQ_ERR_UNSUPPORTED,
+                       "%s/vocab.txt has no %s token, which zq needs to frame prompts as [CLS] "
+                       "text [SEP]",
+                       model_dir, framing[i]);
+    }
+    return ZQ_OK;
+}
+
 /* Checks the options against the loaded checkpoint before any conversion, and warns about
  * options that change nothing. */
-static zq_status check_plan(const zq_hf_model *hf, const zq_quantize_params *p)
+static zq_status check_plan(const zq_hf_model *hf, const char *model_dir,
+                            const zq_quantize_params *p)
 {
+    ZQ_TRY(check_framing_tokens(hf, model_dir, p));
     job *jobs = calloc((size_t)max_jobs(hf), sizeof(job));
     if (!jobs)
         return zq_fail(ZQ_ERR_NOMEM, "out of memory");
@@ -616,7 +637,7 @@ zq_status zq_quantize_model(const char *model_dir, const char *out_path,
     ZQ_TRY(check_params(params));
     zq_hf_model hf;
     ZQ_TRY(zq_hf_load(model_dir, &hf));
-    zq_status st = check_plan(&hf, params);
+    zq_status st = check_plan(&hf, model_dir, params);
     long long tokens = 0;
     if (st == ZQ_OK && params->calibrate)
         st = smooth_outliers(&hf, model_dir, params, &tokens);

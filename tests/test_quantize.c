@@ -148,6 +148,34 @@ static void quantize_keeps_metadata_utf8(void)
     zq_file_free(&f);
 }
 
+/* ---- tokenizer ------------------------------------------------------------------------- */
+
+/* A vocabulary without [CLS] is rejected before conversion, naming vocab.txt. */
+static void quantize_rejects_vocab_without_cls(void)
+{
+    char dir[600], path[700], out[700];
+    copy_tiny("no-cls", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    char *vocab = zq_test_read_file(path, NULL);
+    CHECK(vocab != NULL, "cannot read %s", path);
+    if (!vocab)
+        return;
+    char *cls = strstr(vocab, "[CLS]\n");
+    CHECK(cls != NULL, "no [CLS] line in %s", path);
+    if (cls)
+        memcpy(cls, "[CLX]", 5);
+    CHECK(write_bytes(path, vocab, strlen(vocab)), "cannot write %s", path);
+    free(vocab);
+
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    CHECK(quantize(dir, &qp, "no-cls.zq", out, sizeof out) == ZQ_ERR_UNSUPPORTED,
+          "a vocabulary without [CLS] was accepted");
+    CHECK(strstr(zq_last_error(), "no-cls/vocab.txt has no [CLS] token") != NULL, "message: %s",
+          zq_last_error());
+    CHECK(!file_exists(out), "a failed quantization left %s", out);
+}
+
 /* ---- scale groups ----------------------------------------------------------------------- */
 
 static void quantize_rejects_group_not_dividing(void)
@@ -277,6 +305,7 @@ int main(void)
     snprintf(tiny, sizeof tiny, "%s/tiny-random", zq_test_fixtures());
     ZQ_RUN(quantize_rejects_non_finite_weights);
     ZQ_RUN(quantize_keeps_metadata_utf8);
+    ZQ_RUN(quantize_rejects_vocab_without_cls);
     ZQ_RUN(quantize_rejects_group_not_dividing);
     ZQ_RUN(quantize_warns_unused_options);
     ZQ_CHECK_EXIT();

@@ -758,6 +758,18 @@ static void m_leading_zero_layer(crafted *c)
     set_string(tensor_entry(c, 1), "name", "h.00.attn.c_proj.weight");
 }
 
+static void m_added_empty(crafted *c)
+{
+    cJSON *added = cJSON_GetObjectItem(cJSON_GetObjectItem(c->meta, "tokenizer"), "added");
+    cJSON_ReplaceItemInArray(added, 1, cJSON_CreateString(""));
+}
+static void m_no_sep(crafted *c)
+{
+    cJSON *tok = cJSON_GetObjectItem(c->meta, "tokenizer");
+    cJSON_ReplaceItemInArray(cJSON_GetObjectItem(tok, "vocab"), 3, cJSON_CreateString("[SEP2]"));
+    set_number(cJSON_GetObjectItem(tok, "special"), "sep", -1);
+}
+
 static void zqfile_rejects_bad_metadata(void)
 {
     const struct {
@@ -803,6 +815,8 @@ static void zqfile_rejects_bad_metadata(void)
          "unknown tensor 'h.0.attn.masked_bias'"},
         {"leading-zero", m_leading_zero_layer, ZQ_ERR_FORMAT,
          "unknown tensor 'h.00.attn.c_proj.weight'"},
+        {"added-empty", m_added_empty, ZQ_ERR_FORMAT, "added token 1 (id 12) is empty"},
+        {"no-sep", m_no_sep, ZQ_ERR_FORMAT, "the vocabulary has no [SEP] token"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         crafted c;
@@ -1054,6 +1068,15 @@ static void zqfile_write_failures_leave_nothing(void)
     CHECK(strstr(zq_last_error(), "vocabulary entry 7 is not valid UTF-8") != NULL, "%s",
           zq_last_error());
     f.vocab[7] = keep;
+    f.added[1] = "";
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "empty added token accepted");
+    CHECK(strstr(zq_last_error(), "added token 1 (id 12) is empty") != NULL, "%s",
+          zq_last_error());
+    f.added[1] = "<bot>";
+    f.vocab[2] = "[CLS2]";
+    CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "vocabulary without [CLS] accepted");
+    CHECK(strstr(zq_last_error(), "has no [CLS] token") != NULL, "%s", zq_last_error());
+    f.vocab[2] = "[CLS]";
     snprintf(f.source, sizeof f.source, "models/\xff");
     CHECK(zq_file_write(path, &f, 3, 2) == ZQ_ERR_INVALID_ARG, "invalid provenance accepted");
     CHECK(strstr(zq_last_error(), "provenance source is not valid UTF-8") != NULL, "%s",
