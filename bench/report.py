@@ -32,6 +32,7 @@ def parse_args():
     p.add_argument("--synth-dir", help="Hugging Face folder of the target model")
     p.add_argument("--zq-dir", help="folder with the MODEL-TYPE.zq files")
     p.add_argument("--seconds", type=float, help="duration of the benchmark run")
+    p.add_argument("--nice", type=int, default=0, help="nice value of the measured processes")
     p.add_argument("--out", help="results.json to write (with --collect)")
     p.add_argument("--md", required=True, help="Markdown report to write")
     p.add_argument("--chart", required=True, help="PNG bar chart to write")
@@ -125,6 +126,7 @@ def collect(args):
         "machine": machine_info(args.collect),
         "target_model": args.target_model,
         "duration_s": args.seconds,
+        "nice": args.nice,
         "bandwidth_gb_s": bandwidth,
         "decode_limit_tok_s": decode_limits(bandwidth, records),
         "target_sizes_mb": file_sizes(args),
@@ -269,7 +271,9 @@ def machine_section(results):
         lines.append("- Load average (1, 5, 15 min) "
                      + "; ".join(f"at the {k}: {', '.join(str(x) for x in v)}"
                                  for k, v in load.items())
-                     + ". Above 0 before the run, other work shared the cores.")
+                     + ". A load near 0 before the run means the cores were otherwise idle.")
+    if results.get("nice"):
+        lines.append(f"- Every measured process ran at nice {results['nice']}.")
     if results.get("duration_s"):
         lines.append(f"- Whole run: {results['duration_s'] / 60:.1f} minutes")
     lines += ["", "Decode limit: bandwidth / bytes of weights one int8 token reads (all matrices "
