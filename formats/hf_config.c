@@ -124,6 +124,8 @@ static zq_status read_sizes(const char *path, const cJSON *root, zq_hparams *hp)
 
 zq_status zq_hf_read_config(const char *path, zq_hparams *hp)
 {
+    if (!path || !hp)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_hf_read_config: a path and hparams are required");
     memset(hp, 0, sizeof *hp);
     cJSON *root;
     ZQ_TRY(zq_hf_read_json(path, &root));

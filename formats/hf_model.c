@@ -179,7 +179,11 @@ static zq_status validate(const char *path, const zq_hf_model *m)
 
 zq_status zq_hf_load(const char *dir, zq_hf_model *out)
 {
+    if (!out)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_hf_load: out is NULL");
     memset(out, 0, sizeof *out);
+    if (!dir || !dir[0])
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_hf_load: the model folder is NULL or empty");
     char config[PATH_MAX], weights[PATH_MAX];
     join(config, sizeof config, dir, "config.json");
     zq_status st = zq_hf_read_config(config, &out->hparams);
@@ -224,6 +228,8 @@ void zq_hf_free(zq_hf_model *m)
 
 const zq_hf_tensor *zq_hf_find(const zq_hf_model *m, const char *name)
 {
+    if (!m || !name)
+        return NULL;
     const int32_t i = find_index(m, name);
     return i >= 0 ? &m->tensors[i] : NULL;
 }

@@ -284,6 +284,9 @@ static zq_status read_header(st_file *f, uint64_t file_size, cJSON **out)
 
 zq_status zq_hf_read_safetensors(const char *path, zq_hf_model *m)
 {
+    if (!path || !m)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_hf_read_safetensors: a path and a model are "
+                       "required");
     st_file f = {path, -1, 0, 0};
     uint64_t size = 0;
     ZQ_TRY(zq_hf_open(path, &f.fd, &size));

@@ -256,6 +256,9 @@ static zq_status read_state_dict(archive *a, zq_torch_tensor **list, int32_t *n)
 
 zq_status zq_hf_read_torch_bin(const char *path, zq_hf_model *m)
 {
+    if (!path || !m)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_hf_read_torch_bin: a path and a model are "
+                       "required");
     archive a = {.path = path};
     ZQ_TRY(open_archive(path, &a));
     zq_torch_tensor *list = NULL;

@@ -329,7 +329,11 @@ static zq_status load_tensors(const zq_input *in, zq_file *f, const zq_frame_ref
 
 zq_status zq_file_read(const char *path, int n_threads, zq_file *out)
 {
+    if (!out)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_file_read: out is NULL");
     memset(out, 0, sizeof *out);
+    if (!path || !path[0])
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_file_read: the path is NULL or empty");
     const double start = zq_now_seconds();
     zq_input in = {path, -1, 0, 0};
     zq_frame_ref *frames = NULL;
@@ -379,6 +383,8 @@ void zq_file_free(zq_file *f)
 
 const zq_file_tensor *zq_file_find(const zq_file *f, const char *name)
 {
+    if (!f || !name)
+        return NULL;
     for (int32_t i = 0; i < f->n_tensors; i++)
         if (strcmp(f->tensors[i].name, name) == 0)
             return &f->tensors[i];

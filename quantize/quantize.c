@@ -25,6 +25,8 @@
 
 void zq_quantize_params_default(zq_quantize_params *params)
 {
+    if (!params)
+        return;
     memset(params, 0, sizeof *params);
     params->type = ZQ_TYPE_Q8;
     params->zstd_level = 10;
@@ -368,6 +370,11 @@ static zq_status check_params(const zq_quantize_params *p)
     if (p->calibrate_tokens < 0)
         return zq_fail(ZQ_ERR_INVALID_ARG, "calibration token limit %d is negative",
                        p->calibrate_tokens);
+    if (p->n_keep_f16 < 0 || (p->n_keep_f16 > 0 && !p->keep_f16))
+        return zq_fail(ZQ_ERR_INVALID_ARG, "%d --keep-f16 patterns but no list", p->n_keep_f16);
+    for (int i = 0; i < p->n_keep_f16; i++)
+        if (!p->keep_f16[i])
+            return zq_fail(ZQ_ERR_INVALID_ARG, "--keep-f16 pattern %d is NULL", i);
     return check_added_tokens(p);
 }
 
@@ -633,7 +640,14 @@ static zq_status check_plan(const zq_hf_model *hf, const char *model_dir,
 zq_status zq_quantize_model(const char *model_dir, const char *out_path,
                             const zq_quantize_params *params, zq_quant_report *report)
 {
+    if (!report)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_quantize_model: report is NULL");
     memset(report, 0, sizeof *report);
+    if (!model_dir || !model_dir[0] || !out_path || !out_path[0])
+        return zq_fail(ZQ_ERR_INVALID_ARG,
+                       "zq_quantize_model: the model folder and the output path are required");
+    if (!params)
+        return zq_fail(ZQ_ERR_INVALID_ARG, "zq_quantize_model: params is NULL");
     ZQ_TRY(check_params(params));
     zq_hf_model hf;
     ZQ_TRY(zq_hf_load(model_dir, &hf));
@@ -652,6 +666,8 @@ zq_status zq_quantize_model(const char *model_dir, const char *out_path,
 
 void zq_quant_report_free(zq_quant_report *report)
 {
+    if (!report)
+        return;
     free(report->stats);
     memset(report, 0, sizeof *report);
 }

@@ -400,6 +400,21 @@ static void hf_rejects_bad_config(void)
                       NULL);
 }
 
+static void hf_rejects_null_arguments(void)
+{
+    zq_hf_model m;
+    CHECK(zq_hf_load(NULL, &m) == ZQ_ERR_INVALID_ARG, "zq_hf_load: NULL folder");
+    CHECK(m.tensors == NULL, "zq_hf_load: output not cleared");
+    CHECK(zq_hf_load(tiny, NULL) == ZQ_ERR_INVALID_ARG, "zq_hf_load: NULL output");
+    CHECK(zq_hf_read_safetensors(NULL, &m) == ZQ_ERR_INVALID_ARG, "safetensors: NULL path");
+    CHECK(zq_hf_read_torch_bin(NULL, &m) == ZQ_ERR_INVALID_ARG, "torch: NULL path");
+    zq_hparams hp;
+    CHECK(zq_hf_read_config(NULL, &hp) == ZQ_ERR_INVALID_ARG, "config: NULL path");
+    CHECK(zq_hf_read_config(tiny, NULL) == ZQ_ERR_INVALID_ARG, "config: NULL output");
+    CHECK(zq_hf_find(NULL, "wte.weight") == NULL, "zq_hf_find: NULL model");
+    zq_hf_free(NULL);
+}
+
 /* ---- weights files --------------------------------------------------------------------- */
 
 static void hf_rejects_missing_weights(void)
@@ -1272,6 +1287,7 @@ int main(void)
     ZQ_RUN(hf_loads_zh_chat_tiny);
     ZQ_RUN(hf_config_fields);
     ZQ_RUN(hf_rejects_bad_config);
+    ZQ_RUN(hf_rejects_null_arguments);
     ZQ_RUN(hf_rejects_missing_weights);
     ZQ_RUN(hf_rejects_fifos);
     ZQ_RUN(hf_rejects_bad_safetensors);

@@ -300,6 +300,41 @@ static void quantize_warns_unused_options(void)
           c.text);
 }
 
+/* ---- NULL arguments -------------------------------------------------------------------- */
+
+static void quantize_rejects_null_arguments(void)
+{
+    zq_quantize_params qp;
+    zq_quantize_params_default(&qp);
+    zq_quant_report report;
+    char out[700];
+    snprintf(out, sizeof out, "%s/null.zq", zq_test_tmpdir());
+    CHECK(zq_quantize_model(NULL, out, &qp, &report) == ZQ_ERR_INVALID_ARG, "NULL folder");
+    CHECK(zq_quantize_model(tiny, NULL, &qp, &report) == ZQ_ERR_INVALID_ARG, "NULL output");
+    CHECK(zq_quantize_model(tiny, out, NULL, &report) == ZQ_ERR_INVALID_ARG, "NULL params");
+    CHECK(zq_quantize_model(tiny, out, &qp, NULL) == ZQ_ERR_INVALID_ARG, "NULL report");
+    CHECK(zq_quantize_model("", out, &qp, &report) == ZQ_ERR_INVALID_ARG, "empty folder");
+    qp.n_keep_f16 = 1;
+    CHECK(zq_quantize_model(tiny, out, &qp, &report) == ZQ_ERR_INVALID_ARG, "NULL patterns");
+    const char *const no_pattern[] = {NULL};
+    qp.keep_f16 = no_pattern;
+    CHECK(zq_quantize_model(tiny, out, &qp, &report) == ZQ_ERR_INVALID_ARG, "NULL pattern");
+    qp.n_keep_f16 = 0;
+    qp.n_added = 1;
+    CHECK(zq_quantize_model(tiny, out, &qp, &report) == ZQ_ERR_INVALID_ARG, "NULL tokens");
+    CHECK(!file_exists(out), "%s was written", out);
+    zq_quantize_params_default(NULL);
+    zq_quant_report_free(NULL);
+
+    zq_file f;
+    CHECK(zq_file_read(NULL, 1, &f) == ZQ_ERR_INVALID_ARG, "zq_file_read: NULL path");
+    CHECK(f.tensors == NULL, "zq_file_read: output not cleared");
+    CHECK(zq_file_read(out, 1, NULL) == ZQ_ERR_INVALID_ARG, "zq_file_read: NULL output");
+    CHECK(zq_file_write(NULL, &f, 3, 1) == ZQ_ERR_INVALID_ARG, "zq_file_write: NULL path");
+    CHECK(zq_file_find(NULL, "wte.weight") == NULL, "zq_file_find: NULL file");
+    zq_file_free(NULL);
+}
+
 int main(void)
 {
     snprintf(tiny, sizeof tiny, "%s/tiny-random", zq_test_fixtures());
@@ -308,5 +343,6 @@ int main(void)
     ZQ_RUN(quantize_rejects_vocab_without_cls);
     ZQ_RUN(quantize_rejects_group_not_dividing);
     ZQ_RUN(quantize_warns_unused_options);
+    ZQ_RUN(quantize_rejects_null_arguments);
     ZQ_CHECK_EXIT();
 }
