@@ -10,6 +10,7 @@
 #include "../formats/zqfile_internal.h"
 #include "../runtime/eval.h"
 #include "../runtime/internal.h"
+#include "quantize_internal.h"
 #include "smooth.h"
 
 #include <fnmatch.h>
@@ -21,8 +22,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define DEFAULT_ALPHA 0.5f
-
 void zq_quantize_params_default(zq_quantize_params *params)
 {
     if (!params)
@@ -30,7 +29,7 @@ void zq_quantize_params_default(zq_quantize_params *params)
     memset(params, 0, sizeof *params);
     params->type = ZQ_TYPE_Q8;
     params->zstd_level = 10;
-    params->alpha = DEFAULT_ALPHA;
+    params->alpha = ZQ_QUANT_DEFAULT_ALPHA;
 }
 
 void zq_quantize_q8(const float *w, int rows, int cols, int group, int8_t *q, float *scales)
@@ -56,17 +55,8 @@ void zq_quantize_q8(const float *w, int rows, int cols, int group, int8_t *q, fl
     }
 }
 
-/* The conversion job of one stored tensor. */
-typedef struct {
-    char name[96];
-    const zq_hf_tensor *src;
-    bool transpose;    /* Conv1D [in][out] -> [out][in] */
-    int extra_rows;    /* rows appended for added tokens, filled with the mean row */
-    bool large;        /* a matrix that takes the requested type */
-} job;
-
 /* Returns the f32 source of a job as [rows][cols] in stored layout (malloc'd). */
-static float *stored_layout(const job *j, int *rows, int *cols)
+static float *stored_layout(const zq_quant_job *j, int *rows, int *cols)
 {
     const zq_hf_tensor *t = j->src;
     const int r0 = t->ndim == 2 ? (int)t->shape[0] : 1;
@@ -98,7 +88,7 @@ static float *stored_layout(const job *j, int *rows, int *cols)
     return out;
 }
 
-static zq_type job_type(const job *j, const zq_quantize_params *p)
+zq_type zq_quant_job_type(const zq_quant_job *j, const zq_quantize_params *p)
 {
     if (!j->large)
         return ZQ_TYPE_F32;
@@ -108,8 +98,7 @@ static zq_type job_type(const job *j, const zq_quantize_params *p)
     return p->type;
 }
 
-/* Returns the input width of a job's matrix: the columns of its stored layout. */
-static int stored_cols(const job *j)
+int zq_quant_job_cols(const zq_quant_job *j)
 {
     const zq_hf_tensor *t = j->src;
     if (j->transpose)
@@ -153,8 +142,8 @@ static const char *non_finite_name(float x)
 
 /* zq_hf_load rejects non-finite weights, so this catches only a migrated weight that
  * overflowed, which needs activation maxima near FLT_MAX; no test reaches it. */
-static zq_status check_finite(const job *j, const zq_quantize_params *p, const float *w,
-                              int rows, int cols)
+static zq_status check_finite(const zq_quant_job *j, const zq_quantize_params *p,
+                              const float *w, int rows, int cols)
 {
     const size_t n = (size_t)rows * cols;
     for (size_t i = 0; i < n; i++) {
@@ -170,7 +159,7 @@ static zq_status check_finite(const job *j, const zq_quantize_params *p, const f
 }
 
 /* Converts one job into t (data malloc'd) and fills its error statistics. */
-static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tensor *t,
+static zq_status convert(const zq_quant_job *j, const zq_quantize_params *p, zq_file_tensor *t,
                          zq_quant_stat *stat)
 {
     int rows, cols;
@@ -183,7 +172,7 @@ static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tens
     }
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", j->name);
-    t->type = job_type(j, p);
+    t->type = zq_quant_job_type(j, p);
     t->rows = rows;
     t->cols = cols;
     const size_t n = (size_t)rows * cols;
@@ -213,10 +202,10 @@ static zq_status convert(const job *j, const zq_quantize_params *p, zq_file_tens
     return st;
 }
 
-static void add_job(job *jobs, int *n, const zq_hf_model *hf, const char *name, bool transpose,
-                    bool large, int extra_rows)
+static void add_job(zq_quant_job *jobs, int *n, const zq_hf_model *hf, const char *name,
+                    bool transpose, bool large, int extra_rows)
 {
-    job *j = &jobs[(*n)++];
+    zq_quant_job *j = &jobs[(*n)++];
     memset(j, 0, sizeof *j);
     snprintf(j->name, sizeof j->name, "%s", name);
     j->src = zq_hf_find(hf, name);
@@ -225,14 +214,12 @@ static void add_job(job *jobs, int *n, const zq_hf_model *hf, const char *name, 
     j->extra_rows = extra_rows;
 }
 
-/* Returns the most jobs plan_jobs lists: wte, wpe, ln_f (2), lm_head and 12 per layer. */
-static int max_jobs(const zq_hf_model *hf)
+int zq_quant_max_jobs(const zq_hf_model *hf)
 {
     return 5 + 12 * hf->hparams.n_layer;
 }
 
-/* Lists the tensors in file order; zq_hf_load has checked that they exist. */
-static int plan_jobs(const zq_hf_model *hf, int extra_rows, job *jobs)
+int zq_quant_plan_jobs(const zq_hf_model *hf, int extra_rows, zq_quant_job *jobs)
 {
     static const struct {
         const char *suffix;
@@ -260,7 +247,7 @@ static int plan_jobs(const zq_hf_model *hf, int extra_rows, job *jobs)
     return n;
 }
 
-static bool in_list(char *const *list, int n, const char *s)
+bool zq_quant_in_list(char *const *list, int n, const char *s)
 {
     for (int i = 0; i < n; i++)
         if (strcmp(list[i], s) == 0)
@@ -280,7 +267,8 @@ static zq_status merge_added(const zq_hf_model *hf, const zq_quantize_params *p,
     int n = 0;
     for (int i = 0; i < cap; i++) {
         char *tok = i < hf->n_added ? hf->added[i] : (char *)p->added_tokens[i - hf->n_added];
-        if (!in_list(added, n, tok) && !in_list(hf->vocab, hf->n_vocab_lines, tok))
+        if (!zq_quant_in_list(added, n, tok) &&
+            !zq_quant_in_list(hf->vocab, hf->n_vocab_lines, tok))
             added[n++] = tok;
     }
     *out = added;
@@ -335,52 +323,9 @@ static void describe(zq_file *f, const zq_hf_model *hf, const char *dir,
     replace_invalid_utf8(f->quant_desc);
 }
 
-/* Checks the requested added tokens; zq_hf_load has checked the checkpoint's own. */
-static zq_status check_added_tokens(const zq_quantize_params *p)
-{
-    if (p->n_added < 0 || (p->n_added > 0 && !p->added_tokens))
-        return zq_fail(ZQ_ERR_INVALID_ARG, "%d added tokens but no list", p->n_added);
-    for (int i = 0; i < p->n_added; i++) {
-        const char *tok = p->added_tokens[i];
-        if (!tok || !tok[0])
-            return zq_fail(ZQ_ERR_INVALID_ARG, "added token %d is empty", i);
-        const size_t len = strlen(tok);
-        const size_t bad = zq_utf8_invalid_at(tok, len);
-        if (bad < len)
-            return zq_fail(ZQ_ERR_INVALID_ARG,
-                           "added token %d is not valid UTF-8 (byte %zu is 0x%02x); the .zq "
-                           "metadata is UTF-8",
-                           i, bad, (unsigned)(unsigned char)tok[bad]);
-    }
-    return ZQ_OK;
-}
-
-static zq_status check_params(const zq_quantize_params *p)
-{
-    if (p->type != ZQ_TYPE_F32 && p->type != ZQ_TYPE_F16 && p->type != ZQ_TYPE_Q8)
-        return zq_fail(ZQ_ERR_INVALID_ARG, "unknown weight type %d", (int)p->type);
-    if (p->group < 0 || (p->group && p->group % 4 != 0))
-        return zq_fail(ZQ_ERR_INVALID_ARG, "scale group %d must be a positive multiple of 4",
-                       p->group);
-    if (p->zstd_level < 1 || p->zstd_level > 22)
-        return zq_fail(ZQ_ERR_INVALID_ARG, "zstd level %d is outside 1..22", p->zstd_level);
-    if (p->calibrate && !(p->alpha >= 0 && p->alpha <= 1))
-        return zq_fail(ZQ_ERR_INVALID_ARG, "migration strength alpha %g is outside [0, 1]",
-                       (double)p->alpha);
-    if (p->calibrate_tokens < 0)
-        return zq_fail(ZQ_ERR_INVALID_ARG, "calibration token limit %d is negative",
-                       p->calibrate_tokens);
-    if (p->n_keep_f16 < 0 || (p->n_keep_f16 > 0 && !p->keep_f16))
-        return zq_fail(ZQ_ERR_INVALID_ARG, "%d --keep-f16 patterns but no list", p->n_keep_f16);
-    for (int i = 0; i < p->n_keep_f16; i++)
-        if (!p->keep_f16[i])
-            return zq_fail(ZQ_ERR_INVALID_ARG, "--keep-f16 pattern %d is NULL", i);
-    return check_added_tokens(p);
-}
-
 /* Converts every job in parallel. zq_last_error() is per thread, so the message of the failed
  * job with the lowest index is copied back to the calling thread. */
-static zq_status convert_all(const job *jobs, int n_jobs, const zq_quantize_params *p,
+static zq_status convert_all(const zq_quant_job *jobs, int n_jobs, const zq_quantize_params *p,
                              zq_file *f, zq_quant_report *report)
 {
     zq_status st = ZQ_OK;
@@ -424,7 +369,7 @@ static zq_status write_model(const zq_hf_model *hf, const char *model_dir, const
     memset(&f, 0, sizeof f);
     char **added = NULL;
     int n_added = 0;
-    job *jobs = NULL;
+    zq_quant_job *jobs = NULL;
     zq_status st = merge_added(hf, params, &added, &n_added);
     if (st != ZQ_OK)
         goto done;
@@ -441,12 +386,12 @@ static zq_status write_model(const zq_hf_model *hf, const char *model_dir, const
     describe(&f, hf, model_dir, params);
     snprintf(report->source_format, sizeof report->source_format, "%s", hf->source_format);
 
-    jobs = calloc((size_t)max_jobs(hf), sizeof(job));
+    jobs = calloc((size_t)zq_quant_max_jobs(hf), sizeof(zq_quant_job));
     if (!jobs) {
         st = zq_fail(ZQ_ERR_NOMEM, "out of memory");
         goto done;
     }
-    f.n_tensors = plan_jobs(hf, extra, jobs);
+    f.n_tensors = zq_quant_plan_jobs(hf, extra, jobs);
     f.tensors = calloc((size_t)f.n_tensors, sizeof(zq_file_tensor));
     report->stats = calloc((size_t)f.n_tensors, sizeof(zq_quant_stat));
     report->n_stats = f.n_tensors;
@@ -529,114 +474,6 @@ static zq_status smooth_outliers(zq_hf_model *hf, const char *model_dir,
     return st;
 }
 
-static int gcd(int a, int b)
-{
-    while (b) {
-        const int r = a % b;
-        a = b;
-        b = r;
-    }
-    return a;
-}
-
-/* Checks that the scale group divides the input width of every matrix stored as int8, so
- * that the provenance's "scales per N inputs" holds for all of them. */
-static zq_status check_group(const job *jobs, int n_jobs, const zq_quantize_params *p)
-{
-    if (!p->group)
-        return ZQ_OK;
-    int widths = 0; /* gcd of the int8 widths, the largest group that divides them all */
-    const job *bad = NULL;
-    for (int i = 0; i < n_jobs; i++) {
-        if (job_type(&jobs[i], p) != ZQ_TYPE_Q8)
-            continue;
-        widths = gcd(widths, stored_cols(&jobs[i]));
-        if (!bad && stored_cols(&jobs[i]) % p->group != 0)
-            bad = &jobs[i];
-    }
-    if (!bad)
-        return ZQ_OK;
-    return zq_fail(ZQ_ERR_INVALID_ARG,
-                   "--group %d does not divide the %d inputs of '%s'; choose a multiple of 4 "
-                   "that divides %d, or 0 for one scale per row",
-                   p->group, stored_cols(bad), bad->name, widths);
-}
-
-/* Warns about each --keep-f16 pattern that matches no matrix, since only the matrices are
- * stored as --type and the other tensors stay f32 anyway. */
-static void warn_unused_keep(const job *jobs, int n_jobs, const zq_quantize_params *p)
-{
-    if (p->n_keep_f16 > 0 && p->type != ZQ_TYPE_Q8)
-        ZQ_WARN("--keep-f16 has no effect with --type %s", zq_type_name(p->type));
-    for (int k = 0; k < p->n_keep_f16; k++) {
-        bool used = false;
-        for (int i = 0; i < n_jobs && !used; i++)
-            used = jobs[i].large && fnmatch(p->keep_f16[k], jobs[i].name, 0) == 0;
-        if (!used)
-            ZQ_WARN("--keep-f16 pattern '%s' matches no matrix, so it has no effect (matrix "
-                    "names look like 'wte.weight' or 'h.0.mlp.c_fc.weight')",
-                    p->keep_f16[k]);
-    }
-}
-
-/* Warns about each requested added token that vocab.txt or the checkpoint already has, or
- * that the list repeats: none of them adds a token. */
-static void warn_unused_added(const zq_hf_model *hf, const zq_quantize_params *p)
-{
-    for (int i = 0; i < p->n_added; i++) {
-        const char *tok = p->added_tokens[i];
-        if (in_list(hf->vocab, hf->n_vocab_lines, tok))
-            ZQ_WARN("--add-token '%s' is already in vocab.txt, so it adds nothing", tok);
-        else if (in_list(hf->added, hf->n_added, tok))
-            ZQ_WARN("--add-token '%s' is already an added token of the model, so it adds "
-                    "nothing", tok);
-        else if (in_list((char *const *)p->added_tokens, i, tok))
-            ZQ_WARN("--add-token '%s' is given more than once", tok);
-    }
-}
-
-/* Checks that the tokenizer has the [CLS] and [SEP] tokens that a .zq file needs, before any
- * conversion rather than in the writer at the end. */
-static zq_status check_framing_tokens(const zq_hf_model *hf, const char *model_dir,
-                                      const zq_quantize_params *p)
-{
-    const char *const framing[] = {"[CLS]", "[SEP]"};
-    for (int i = 0; i < 2; i++) {
-        if (in_list(hf->vocab, hf->n_vocab_lines, framing[i]) ||
-            in_list(hf->added, hf->n_added, framing[i]) ||
-            in_list((char *const *)p->added_tokens, p->n_added, framing[i]))
-            continue;
-        return zq_fail(ZQ_ERR_UNSUPPORTED,
-                       "%s/vocab.txt has no %s token, which zq needs to frame prompts as [CLS] "
-                       "text [SEP]",
-                       model_dir, framing[i]);
-    }
-    return ZQ_OK;
-}
-
-/* Checks the options against the loaded checkpoint before any conversion, and warns about
- * options that change nothing. */
-static zq_status check_plan(const zq_hf_model *hf, const char *model_dir,
-                            const zq_quantize_params *p)
-{
-    ZQ_TRY(check_framing_tokens(hf, model_dir, p));
-    job *jobs = calloc((size_t)max_jobs(hf), sizeof(job));
-    if (!jobs)
-        return zq_fail(ZQ_ERR_NOMEM, "out of memory");
-    const int n_jobs = plan_jobs(hf, 0, jobs);
-    const zq_status st = check_group(jobs, n_jobs, p);
-    if (st == ZQ_OK) {
-        if (p->group && p->type != ZQ_TYPE_Q8)
-            ZQ_WARN("--group %d has no effect with --type %s", p->group, zq_type_name(p->type));
-        if (!p->calibrate && p->alpha != DEFAULT_ALPHA)
-            ZQ_WARN("--alpha %.2f has no effect without --calibrate", (double)p->alpha);
-        warn_unused_keep(jobs, n_jobs, p);
-        warn_unused_added(hf, p);
-    }
-    free(jobs);
-    return st;
-}
-
 zq_status zq_quantize_model(const char *model_dir, const char *out_path,
                             const zq_quantize_params *params, zq_quant_report *report)
 {
@@ -648,10 +485,10 @@ zq_status zq_quantize_model(const char *model_dir, const char *out_path,
                        "zq_quantize_model: the model folder and the output path are required");
     if (!params)
         return zq_fail(ZQ_ERR_INVALID_ARG, "zq_quantize_model: params is NULL");
-    ZQ_TRY(check_params(params));
+    ZQ_TRY(zq_quant_check_params(params));
     zq_hf_model hf;
     ZQ_TRY(zq_hf_load(model_dir, &hf));
-    zq_status st = check_plan(&hf, model_dir, params);
+    zq_status st = zq_quant_check_plan(&hf, model_dir, params);
     long long tokens = 0;
     if (st == ZQ_OK && params->calibrate)
         st = smooth_outliers(&hf, model_dir, params, &tokens);
