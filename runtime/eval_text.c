@@ -2,6 +2,7 @@
  * eval_text.c - turns an evaluation text (plain lines or TAB-separated dialogues) into the one
  * token stream that eval.c scores. The framing is specified in eval.h.
  */
+#include "../formats/hf_internal.h"
 #include "eval.h"
 #include "internal.h"
 
@@ -184,9 +185,10 @@ zq_status zq_eval_tokenize(const zq_model *model, const char *name, const char *
 /* Reads a whole file into a malloc'd buffer. */
 static zq_status read_file(const char *path, char **out, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    /* zq_hf_fopen rejects FIFOs and devices before opening, so a wrong path cannot hang. */
+    FILE *f = zq_hf_fopen(path);
     if (!f)
-        return zq_fail(ZQ_ERR_IO, "cannot open text file '%s': %s", path, strerror(errno));
+        return ZQ_ERR_IO;
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     while (buf) {

@@ -86,8 +86,10 @@ printf '你好，今天天气怎么样？\n我们明天去哪里吃饭\n' >"$tmp
 check plain_framing grep -q "(plain framing)" "$tmp/plain"
 
 # --- errors -----------------------------------------------------------------------------------
-expect_error missing_text 1 "cannot open text file" -- \
+expect_error missing_text 1 "none: cannot open" -- \
     eval "$T" -m "$tmp/f32.zq" --text "$tmp/none"
+mkfifo "$tmp/fifo"
+expect_error fifo_text 1 "not a regular file" -- eval "$T" -m "$tmp/f32.zq" --text "$tmp/fifo"
 : >"$tmp/empty.txt"
 expect_error empty_text 1 "is empty" -- eval "$T" -m "$tmp/f32.zq" --text "$tmp/empty.txt"
 printf '你好\n\377\376\n' >"$tmp/bad.txt"
@@ -117,7 +119,7 @@ check calibrate_reports grep -q "migrated activation outliers (alpha 0.50)" "$tm
 check calibrate_model_evaluates grep -q '"path":.*smooth.zq' "$tmp/smooth.json"
 expect_error bad_alpha 2 "for --alpha" -- quantize "$T" models/zh-chat-tiny -o "$tmp/x.zq" \
     --calibrate "$tmp/slice.tsv" --alpha 2
-expect_error calibrate_missing_text 1 "cannot open text file" -- quantize "$T" models/zh-chat-tiny \
+expect_error calibrate_missing_text 1 "none: cannot open" -- quantize "$T" models/zh-chat-tiny \
     -o "$tmp/x.zq" --calibrate "$tmp/none"
 check calibrate_failure_no_file test ! -e "$tmp/x.zq"
 "$ZQ" quantize "$T" models/zh-chat-tiny -o "$tmp/head.zq" --keep-f16 wte.weight --zstd-level 1 \
