@@ -120,7 +120,9 @@ zq_job *zq_gen_start(zq_server *srv, zq_http_req *req, const zq_gen_request *req
     zq_job_release(job);
     if (submitted == ZQ_SUBMIT_QUEUE_FULL)
         zq_http_send_error(req, 503, "overloaded_error",
-                           "the request queue is full (%d waiting); retry later", srv->cfg.queue);
+                           "all %d decoding slots are busy and %d requests are waiting; retry "
+                           "later",
+                           srv->cfg.parallel, srv->cfg.queue);
     else
         zq_http_send_error(req, 503, "unavailable_error", "the server is shutting down");
     return NULL;

@@ -48,7 +48,7 @@ struct zq_sched {
     pthread_mutex_t lock;
     pthread_cond_t wake; /* a job was queued or stopping was set */
     pthread_cond_t idle; /* the queue and all slots became empty */
-    zq_job **queue;      /* ring of queue_cap jobs */
+    zq_job **queue;      /* ring of queue_cap + n_slots jobs, see zq_sched_submit */
     int queue_head, queue_count;
     int n_active;
     bool draining, stopping;
@@ -183,6 +183,14 @@ static void decode_step(zq_sched *s)
     }
 }
 
+/* Jobs that were submitted to a free slot wait in the queue until the next step admits
+ * them, so the ring has room for those as well as for queue_cap jobs that wait for a busy
+ * slot. */
+static int queue_ring_size(const zq_sched *s)
+{
+    return s->params.queue_cap + s->params.n_slots;
+}
+
 /* Moves queued jobs into free slots and marks them in s->admitted; the caller holds the
  * lock. */
 static void admit_locked(zq_sched *s)
@@ -192,7 +200,7 @@ static void admit_locked(zq_sched *s)
         if (s->slots[i].job)
             continue;
         s->slots[i].job = s->queue[s->queue_head];
-        s->queue_head = (s->queue_head + 1) % s->params.queue_cap;
+        s->queue_head = (s->queue_head + 1) % queue_ring_size(s);
         s->queue_count--;
         s->n_active++;
         s->admitted[i] = true;
@@ -241,7 +249,7 @@ static bool alloc_slots(zq_sched *s, char *err, size_t err_cap)
     s->batch_slots = calloc((size_t)n_slots, sizeof *s->batch_slots);
     s->admitted = calloc((size_t)n_slots, sizeof *s->admitted);
     s->logits = malloc((size_t)s->n_vocab * sizeof(float));
-    s->queue = calloc((size_t)s->params.queue_cap, sizeof *s->queue);
+    s->queue = calloc((size_t)queue_ring_size(s), sizeof *s->queue);
     if (!s->slots || !s->batch_ctxs || !s->batch_ids || !s->batch_slots || !s->admitted ||
         !s->logits ||
         !s->queue) {
@@ -303,13 +311,17 @@ zq_submit_result zq_sched_submit(zq_sched *s, zq_job *job)
 {
     pthread_mutex_lock(&s->lock);
     zq_submit_result result = ZQ_SUBMIT_OK;
+    /* A job is counted against the slots and the queue together: comparing queue_count
+     * alone with queue_cap would reject jobs that arrive while slots are free but the
+     * scheduler thread has not yet moved the earlier jobs into them. */
+    const int taken = s->n_active + s->queue_count;
     if (s->draining || s->stopping) {
         result = ZQ_SUBMIT_CLOSED;
-    } else if (s->queue_count >= s->params.queue_cap) {
+    } else if (taken >= s->params.n_slots + s->params.queue_cap) {
         result = ZQ_SUBMIT_QUEUE_FULL;
     } else {
         zq_job_retain(job);
-        s->queue[(s->queue_head + s->queue_count) % s->params.queue_cap] = job;
+        s->queue[(s->queue_head + s->queue_count) % queue_ring_size(s)] = job;
         s->queue_count++;
         publish_load(s);
         pthread_cond_signal(&s->wake);
@@ -356,7 +368,7 @@ void zq_sched_stop(zq_sched *s)
     const char *reason = "the server is shutting down";
     pthread_mutex_lock(&s->lock);
     for (int i = 0; s->queue && i < s->queue_count; i++) {
-        zq_job *job = s->queue[(s->queue_head + i) % s->params.queue_cap];
+        zq_job *job = s->queue[(s->queue_head + i) % queue_ring_size(s)];
         zq_job_finish(job, ZQ_FINISH_ERROR, reason);
         zq_job_release(job);
     }

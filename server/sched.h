@@ -71,7 +71,7 @@ size_t zq_job_poll(zq_job *job, size_t offset, int timeout_ms, zq_buf *out,
 
 typedef struct {
     int n_slots;       /* parallel sequences; 1 = no batching */
-    int queue_cap;     /* jobs waiting for a slot before submit fails */
+    int queue_cap;     /* jobs that may wait for a busy slot */
     int n_threads;     /* threads per forward pass; 0 = physical cores */
     int n_ctx;         /* KV positions per slot; 0 = the model's n_ctx */
     int step_delay_ms; /* sleep after each step; only for tests that need slow generation */
@@ -86,7 +86,8 @@ zq_sched *zq_sched_create(const zq_model *model, const zq_sched_params *params,
 
 typedef enum { ZQ_SUBMIT_OK, ZQ_SUBMIT_QUEUE_FULL, ZQ_SUBMIT_CLOSED } zq_submit_result;
 
-/* Queues a job; the scheduler takes its own reference. */
+/* Queues a job; the scheduler takes its own reference. Returns ZQ_SUBMIT_QUEUE_FULL when
+ * n_slots + queue_cap jobs are already decoding or queued. */
 zq_submit_result zq_sched_submit(zq_sched *sched, zq_job *job);
 
 /* Stops accepting jobs and waits up to timeout_s for queued and active ones to finish.

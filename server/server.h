@@ -16,7 +16,7 @@ typedef struct {
     const char *host;       /* bind address, numeric IPv4 or IPv6 */
     int port;               /* 0 = any free port (logged at startup) */
     int parallel;           /* decoding slots */
-    int queue;              /* requests waiting for a slot before 503 */
+    int queue;              /* requests that may wait for a busy slot */
     int threads;            /* threads per forward pass; 0 = physical cores */
     int ctx_size;           /* KV positions per slot; 0 = the model's */
     int history;            /* exchanges kept per session */

@@ -492,4 +492,39 @@ wait "$aborted_curl"
 eq abort_status "$(cat "$tmp/aborted.status") $(jq -r .error.type "$tmp/aborted.json")" \
     "503 unavailable_error"
 
+# ---- server F: free slots take requests while the queue is full ---------------------------
+# Requests that arrive while slots are free wait in the queue until the scheduler's next
+# step moves them into the slots. With a step delay of 500 ms, three requests arrive within
+# one step, more than --queue 1; the free slots must still take them.
+start_server f --parallel 4 --queue 1 --cache-size 0 --step-delay-ms 500
+F=$last_url
+curl -s -o /dev/null -H 'Content-Type: application/json' \
+    --data-binary '{"prompt":"你好","max_new_tokens":6,"ignore_eos":true}' "$F/chat" &
+first_pid=$!
+check free_slots_first_active wait_metric "$F" zq_requests_active 1
+pids=""
+for i in 1 2 3; do
+    curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+        --data-binary '{"prompt":"你好","max_new_tokens":2,"ignore_eos":true}' \
+        "$F/chat" >"$tmp/free$i.status" &
+    pids="$pids $!"
+done
+wait $pids "$first_pid"
+eq free_slots_take_requests \
+    "$(cat "$tmp/free1.status") $(cat "$tmp/free2.status") $(cat "$tmp/free3.status")" \
+    "200 200 200"
+# Five long streams take the four slots and the one queue place; a sixth request is 503.
+pids=""
+for i in 1 2 3 4 5; do
+    curl -s -N -o /dev/null -H 'Content-Type: application/json' \
+        --data-binary "$long_stream" "$F/v1/chat/completions" &
+    pids="$pids $!"
+done
+check full_slots_active wait_metric "$F" zq_requests_active 4
+check full_queue_waiting wait_metric "$F" zq_requests_queued 1
+reject full_slots_and_queue 503 POST "$F/chat" '{"prompt":"你好"}'
+eq full_slots_type "$(body .error.type)" overloaded_error
+kill $pids 2>/dev/null
+wait $pids 2>/dev/null
+
 exit $failed
