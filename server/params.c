@@ -227,6 +227,89 @@ static bool parse_chat_object(const cJSON *obj, const zq_request_limits *limits,
     return true;
 }
 
+/* ---- NUL characters --------------------------------------------------------------------- */
+
+/* cJSON decodes the escape \u0000 (and copies a raw NUL byte) into its NUL-terminated
+ * strings, so the text after the NUL would be dropped without a trace. These helpers find
+ * such a string to reject the request instead. */
+
+/* Returns the document-order index, keys included, of the first string token of a JSON
+ * text that contains \u0000 or a raw NUL byte, or -1 when there is none. */
+static int nul_string_index(const char *body, size_t len)
+{
+    int index = -1;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        const char c = body[i];
+        if (!in_string) {
+            if (c == '"') {
+                in_string = true;
+                index++;
+            }
+        } else if (c == '"') {
+            in_string = false;
+        } else if (c == '\0') {
+            return index;
+        } else if (c == '\\') {
+            if (len - i > 5 && !memcmp(body + i + 1, "u0000", 5))
+                return index;
+            i++; /* the escaped character cannot end the string */
+        }
+    }
+    return -1;
+}
+
+typedef struct {
+    int remaining; /* string tokens to pass before the one that contains the NUL */
+    bool is_key;
+    char path[128]; /* e.g. messages[1].content */
+} nul_search;
+
+/* Walks the parsed tree in document order, counting keys and string values as the text
+ * scanner does, and records the path of the string token number search->remaining. */
+static bool find_string_token(const cJSON *item, const char *path, nul_search *search)
+{
+    if (cJSON_IsString(item) && search->remaining-- == 0) {
+        snprintf(search->path, sizeof search->path, "%s", path);
+        return true;
+    }
+    const bool in_object = cJSON_IsObject(item);
+    int index = 0;
+    const cJSON *child;
+    cJSON_ArrayForEach(child, item)
+    {
+        char sub[128];
+        if (in_object)
+            snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", child->string);
+        else
+            snprintf(sub, sizeof sub, "%s[%d]", path, index);
+        if (in_object && search->remaining-- == 0) {
+            search->is_key = true;
+            snprintf(search->path, sizeof search->path, "%s", sub);
+            return true;
+        }
+        if (find_string_token(child, sub, search))
+            return true;
+        index++;
+    }
+    return false;
+}
+
+/* Fails with the path of the first string of the body that contains a NUL character. */
+static bool check_no_nul(const cJSON *root, const char *body, size_t len, zq_param_error *err)
+{
+    nul_search search = {.remaining = nul_string_index(body, len)};
+    if (search.remaining < 0)
+        return true;
+    if (!find_string_token(root, "", &search))
+        return fail(err, "a string of the request body contains a NUL character (\\u0000)");
+    if (search.is_key)
+        return fail(err, "the name of the field at %s contains a NUL character (\\u0000)",
+                    search.path);
+    return fail(err, "%s contains a NUL character (\\u0000), which is not supported",
+                search.path);
+}
+
 static cJSON *parse_json_object(const char *body, size_t len, zq_param_error *err)
 {
     if (!zq_utf8_valid(body, len)) {
@@ -245,7 +328,7 @@ static cJSON *parse_json_object(const char *body, size_t len, zq_param_error *er
         fail(err, "unexpected data after the JSON value at byte %td", end - body);
     } else if (!cJSON_IsObject(root)) {
         fail(err, "the request body must be a JSON object");
-    } else {
+    } else if (check_no_nul(root, body, len, err)) {
         return root;
     }
     cJSON_Delete(root);
@@ -262,6 +345,20 @@ bool zq_parse_chat_body(const char *body, size_t len, const zq_request_limits *l
     cJSON_Delete(root);
     if (!ok)
         zq_gen_request_free(out);
+    return ok;
+}
+
+bool zq_parse_session_body(const char *body, size_t len, char **session_id,
+                           zq_param_error *err)
+{
+    *session_id = NULL;
+    err->message[0] = '\0';
+    cJSON *root = parse_json_object(body, len, err);
+    const char *id = NULL;
+    bool ok = root && get_string(root, "session_id", &id, err);
+    if (ok && id && !(*session_id = strdup(id)))
+        ok = fail(err, "out of memory");
+    cJSON_Delete(root);
     return ok;
 }
 
@@ -314,9 +411,15 @@ bool zq_parse_chat_query(zq_query_lookup lookup, void *user, const zq_request_li
     cJSON *obj = cJSON_CreateObject();
     bool ok = obj != NULL;
     for (size_t i = 0; ok && i < sizeof fields / sizeof *fields; i++) {
-        const char *text = lookup(user, fields[i].name);
+        size_t len = 0;
+        const char *text = lookup(user, fields[i].name, &len);
         if (!text)
             continue;
+        if (strlen(text) != len) {
+            ok = fail(err, "%s contains a NUL character (%%00), which is not supported",
+                      fields[i].name);
+            break;
+        }
         cJSON *value = query_value(fields[i].name, text, fields[i].kind, err);
         ok = value != NULL;
         if (ok)

@@ -51,11 +51,17 @@ bool zq_parse_chat_body(const char *body, size_t len, const zq_request_limits *l
                         zq_gen_request *out, zq_param_error *err);
 
 /* Parses /chat query arguments, given by a lookup function that returns the URL-decoded
- * value of a name or NULL; numbers and booleans ("true", "false", "1", "0") are parsed from
- * their text and checked like the JSON fields. */
-typedef const char *(*zq_query_lookup)(void *user, const char *name);
+ * value of a name, or NULL. It also sets *len to the value's length in bytes, which exceeds
+ * strlen when the value contains a decoded %00. Numbers and booleans ("true", "false", "1",
+ * "0") are parsed from their text and checked like the JSON fields. */
+typedef const char *(*zq_query_lookup)(void *user, const char *name, size_t *len);
 bool zq_parse_chat_query(zq_query_lookup lookup, void *user, const zq_request_limits *limits,
                          zq_gen_request *out, zq_param_error *err);
+
+/* Parses the body of /chat/reset or /chat/history, a JSON object whose session_id names the
+ * session. Sets *session_id to a malloc'd copy, or to NULL when the field is absent. */
+bool zq_parse_session_body(const char *body, size_t len, char **session_id,
+                           zq_param_error *err);
 
 /* Parses an OpenAI chat completions body. System (and developer) messages are skipped,
  * consecutive messages of one role are joined with a newline, and the remaining turns must

@@ -35,9 +35,13 @@ static void chat_turn_free(void *user)
     free(t);
 }
 
-static const char *lookup_query(void *user, const char *name)
+static const char *lookup_query(void *user, const char *name, size_t *len)
 {
-    return MHD_lookup_connection_value(user, MHD_GET_ARGUMENT_KIND, name);
+    const char *value = NULL;
+    if (MHD_lookup_connection_value_n(user, MHD_GET_ARGUMENT_KIND, name, strlen(name), &value,
+                                      len) != MHD_YES)
+        return NULL;
+    return value;
 }
 
 /* Stores the exchange and caches the reply when the job ended normally. */
@@ -227,22 +231,24 @@ enum MHD_Result zq_route_chat(zq_server *srv, zq_http_req *req)
 /* ---- /chat/reset and /chat/history ------------------------------------------------------ */
 
 /* Reads session_id from the query string or a JSON body; sends 400 and returns NULL when
- * it is missing or invalid. The result points into the request or into *doc. */
-static const char *session_arg(zq_http_req *req, cJSON **doc)
+ * it is missing or invalid. Returns a malloc'd copy. */
+static char *session_arg(zq_http_req *req)
 {
-    const char *id = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, "session_id");
-    *doc = NULL;
-    if (!id && req->body.len > 0) {
-        *doc = cJSON_ParseWithLength(req->body.data, req->body.len);
-        const cJSON *field = cJSON_GetObjectItemCaseSensitive(*doc, "session_id");
-        if (!cJSON_IsObject(*doc)) {
-            zq_http_send_error(req, 400, "invalid_request_error",
-                               "the request body must be a JSON object");
+    size_t len = 0;
+    const char *query = lookup_query(req->conn, "session_id", &len);
+    char *id = NULL;
+    if (query) {
+        /* A decoded %00 would cut the id short; the result is invalid either way. */
+        id = strdup(strlen(query) == len ? query : "");
+    } else if (req->body.len > 0) {
+        zq_param_error err;
+        if (!zq_parse_session_body(req->body.data, req->body.len, &id, &err)) {
+            zq_http_send_error(req, 400, "invalid_request_error", "%s", err.message);
             return NULL;
         }
-        id = cJSON_IsString(field) ? field->valuestring : NULL;
     }
     if (!id || !zq_session_id_valid(id)) {
+        free(id);
         zq_http_send_error(req, 400, "invalid_request_error",
                            "session_id is missing or invalid: 1-%d characters of A-Z, a-z, "
                            "0-9, '-' and '_'",
@@ -254,21 +260,19 @@ static const char *session_arg(zq_http_req *req, cJSON **doc)
 
 enum MHD_Result zq_route_chat_reset(zq_server *srv, zq_http_req *req)
 {
-    cJSON *doc;
-    const char *id = session_arg(req, &doc);
+    char *id = session_arg(req);
     enum MHD_Result ret = MHD_YES;
     if (id && !zq_sessions_reset(srv->sessions, id))
         ret = zq_http_send_error(req, 503, "unavailable_error", "the session store is unreachable");
     else if (id)
         ret = send_reset(req, id);
-    cJSON_Delete(doc);
+    free(id);
     return ret;
 }
 
 enum MHD_Result zq_route_chat_history(zq_server *srv, zq_http_req *req)
 {
-    cJSON *doc;
-    const char *id = session_arg(req, &doc);
+    char *id = session_arg(req);
     zq_history history = {0};
     enum MHD_Result ret = MHD_YES;
     if (id && !zq_sessions_load(srv->sessions, id, &history)) {
@@ -282,6 +286,6 @@ enum MHD_Result zq_route_chat_history(zq_server *srv, zq_http_req *req)
         ret = zq_http_send_json(req, 200, root);
     }
     zq_history_free(&history);
-    cJSON_Delete(doc);
+    free(id);
     return ret;
 }

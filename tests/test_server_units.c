@@ -234,13 +234,26 @@ typedef struct {
     const char *values[4];
 } query_table;
 
-static const char *table_lookup(void *user, const char *name)
+static const char *table_lookup(void *user, const char *name, size_t *len)
 {
     const query_table *t = user;
-    for (int i = 0; i < 4 && t->names[i]; i++)
-        if (!strcmp(t->names[i], name))
+    for (int i = 0; i < 4 && t->names[i]; i++) {
+        if (!strcmp(t->names[i], name)) {
+            *len = strlen(t->values[i]);
             return t->values[i];
+        }
+    }
     return NULL;
+}
+
+/* Returns "a" as the value of every name with a length of 3, as libmicrohttpd does for
+ * the decoded query value "a%00b". */
+static const char *nul_lookup(void *user, const char *name, size_t *len)
+{
+    if (strcmp(name, (const char *)user) != 0)
+        return NULL;
+    *len = 3;
+    return "a\0b";
 }
 
 static void test_chat_query(void)
@@ -266,6 +279,70 @@ static void test_chat_query(void)
     query_table bad_bool = {{"prompt", "reset"}, {"hi", "maybe"}};
     CHECK(!zq_parse_chat_query(table_lookup, &bad_bool, &limits, &r, &err), "maybe accepted");
     CHECK(strstr(err.message, "true or false") != NULL, "message: %s", err.message);
+
+    CHECK(!zq_parse_chat_query(nul_lookup, "prompt", &limits, &r, &err), "%%00 accepted");
+    CHECK(strstr(err.message, "prompt contains a NUL character") != NULL, "message: %s",
+          err.message);
+}
+
+/* cJSON ends its strings at a decoded \u0000, so a NUL anywhere in a string must be
+ * rejected with the field's path instead of cutting the text short. */
+static void test_nul_characters_rejected(void)
+{
+    static const struct {
+        const char *body;
+        const char *message_part;
+    } cases[] = {
+        {"{\"prompt\":\"a\\u0000b\"}", "prompt contains a NUL character"},
+        {"{\"session_id\":\"s1\",\"prompt\":\"\\u0000\"}", "prompt contains a NUL"},
+        {"{\"prompt\":\"a\",\"user\":\"x\\u0000\"}", "user contains a NUL"},
+        {"{\"pro\\u0000mpt\":\"a\"}", "the name of the field at pro contains a NUL"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}",
+         "messages[0].content contains a NUL"},
+        {"{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\","
+         "\"content\":[{\"type\":\"text\",\"text\":\"ok\"},{\"type\":\"text\","
+         "\"text\":\"\\\"q\\\"\\u0000\"}]}]}",
+         "messages[1].content[1].text contains a NUL"},
+    };
+    const zq_request_limits limits = test_limits();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        zq_gen_request r;
+        zq_param_error err;
+        const char *body = cases[i].body;
+        const bool openai = strstr(body, "messages") != NULL;
+        const bool ok = openai ? zq_parse_openai_body(body, strlen(body), &limits, &r, &err)
+                               : zq_parse_chat_body(body, strlen(body), &limits, &r, &err);
+        CHECK(!ok, "case %zu (%s) accepted", i, body);
+        if (!ok)
+            CHECK(strstr(err.message, cases[i].message_part) != NULL,
+                  "case %zu: message '%s' lacks '%s'", i, err.message, cases[i].message_part);
+    }
+
+    /* A raw NUL byte inside a string, which strlen would not see. */
+    static const char raw[] = "{\"prompt\":\"a\0b\"}";
+    zq_gen_request r;
+    zq_param_error err;
+    CHECK(!zq_parse_chat_body(raw, sizeof raw - 1, &limits, &r, &err), "raw NUL accepted");
+    CHECK(strstr(err.message, "prompt contains a NUL") != NULL, "message: %s", err.message);
+
+    /* An escaped backslash followed by u0000 is the text \u0000, not a NUL. */
+    const char *text = "{\"prompt\":\"a\\\\u0000\"}";
+    CHECK(zq_parse_chat_body(text, strlen(text), &limits, &r, &err), "%s", err.message);
+    if (r.n_turns == 1)
+        CHECK(!strcmp(r.turns[0], "a\\u0000"), "text kept: %s", r.turns[0]);
+    zq_gen_request_free(&r);
+
+    char *id = NULL;
+    const char *reset = "{\"session_id\":\"s\\u0000x\"}";
+    CHECK(!zq_parse_session_body(reset, strlen(reset), &id, &err), "session_id NUL accepted");
+    CHECK(strstr(err.message, "session_id contains a NUL") != NULL, "message: %s", err.message);
+    CHECK(id == NULL, "no id on failure");
+    const char *good = "{\"session_id\":\"s1\"}";
+    CHECK(zq_parse_session_body(good, strlen(good), &id, &err), "%s", err.message);
+    CHECK(id != NULL, "session_id read");
+    if (id)
+        CHECK(!strcmp(id, "s1"), "session_id value: %s", id);
+    free(id);
 }
 
 /* ---- OpenAI parsing --------------------------------------------------------------------- */
@@ -585,6 +662,7 @@ int main(void)
     ZQ_RUN(test_chat_body_defaults);
     ZQ_RUN(test_chat_body_rejections);
     ZQ_RUN(test_chat_query);
+    ZQ_RUN(test_nul_characters_rejected);
     ZQ_RUN(test_openai_messages_to_turns);
     ZQ_RUN(test_openai_rejections);
     ZQ_RUN(test_session_history_window);

@@ -253,6 +253,17 @@ reject last_not_user 400 POST "$A/v1/chat/completions" \
 reject bad_role 400 POST "$A/v1/chat/completions" '{"messages":[{"role":"bot","content":"a"}]}'
 reject n_above_one 400 POST "$A/v1/chat/completions" \
     '{"n":2,"messages":[{"role":"user","content":"a"}]}'
+reject nul_prompt 400 POST "$A/chat" '{"prompt":"a\u0000b","session_id":"nul"}'
+check nul_prompt_names_field grep -q 'prompt contains a NUL character' "$tmp/body"
+req GET "$A/chat/history?session_id=nul"
+eq nul_prompt_not_stored "$(body '.exchanges | length')" 0
+reject nul_query 400 POST "$A/chat?prompt=a%00b"
+reject nul_openai_content 400 POST "$A/v1/chat/completions" \
+    '{"messages":[{"role":"user","content":"a\u0000b"}]}'
+check nul_openai_names_field grep -q 'messages\[0\]\.content contains a NUL' "$tmp/body"
+reject nul_openai_part 400 POST "$A/v1/chat/completions" \
+    '{"messages":[{"role":"user","content":[{"type":"text","text":"a\u0000"}]}]}'
+reject nul_reset_session 400 POST "$A/chat/reset" '{"session_id":"s1\u0000x"}'
 printf '{"prompt":"\377\376"}' >"$tmp/bad-utf8.json"
 reject invalid_utf8 400 POST "$A/chat" "@$tmp/bad-utf8.json"
 reject unknown_path 404 GET "$A/v2/nothing"
