@@ -6,6 +6,7 @@
  */
 #include "session.h"
 
+#include "log.h"
 #include "lru.h"
 
 #include <cjson/cJSON.h>
@@ -148,20 +149,41 @@ char *zq_history_to_json(const zq_history *h)
     return json;
 }
 
-bool zq_history_from_json(const char *json, zq_history *out)
+/* Checks one stored exchange and appends it; writes the reason to err on failure. */
+static bool push_stored_exchange(zq_history *out, const cJSON *exchange, int index, char *err,
+                                 size_t err_cap)
+{
+    const cJSON *user = cJSON_GetObjectItemCaseSensitive(exchange, "user");
+    const cJSON *reply = cJSON_GetObjectItemCaseSensitive(exchange, "assistant");
+    if (!cJSON_IsString(user) || !cJSON_IsString(reply)) {
+        snprintf(err, err_cap, "exchanges[%d] is not {\"user\": string, \"assistant\": string}",
+                 index);
+        return false;
+    }
+    if (!history_push(out, user->valuestring, reply->valuestring, 1 << 20)) {
+        snprintf(err, err_cap, "out of memory");
+        return false;
+    }
+    return true;
+}
+
+bool zq_history_from_json(const char *json, zq_history *out, char *err, size_t err_cap)
 {
     out->turns = NULL;
     out->n_turns = 0;
     cJSON *root = cJSON_Parse(json);
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "exchanges");
     bool ok = cJSON_IsArray(list);
+    if (!root)
+        snprintf(err, err_cap, "not valid JSON");
+    else if (!ok)
+        snprintf(err, err_cap, "no \"exchanges\" array");
+    int index = 0;
     const cJSON *exchange;
     cJSON_ArrayForEach(exchange, list)
     {
-        const cJSON *user = cJSON_GetObjectItemCaseSensitive(exchange, "user");
-        const cJSON *reply = cJSON_GetObjectItemCaseSensitive(exchange, "assistant");
-        ok = ok && cJSON_IsString(user) && cJSON_IsString(reply) &&
-             history_push(out, user->valuestring, reply->valuestring, 1 << 20);
+        ok = ok && push_stored_exchange(out, exchange, index, err, err_cap);
+        index++;
     }
     cJSON_Delete(root);
     if (!ok)
@@ -182,9 +204,16 @@ static bool load_redis(zq_sessions *s, const char *id, zq_history *out)
     session_redis_key(key, sizeof key, id);
     if (!zq_redis_get(s->redis, key, &json))
         return false;
-    bool ok = !json || zq_history_from_json(json, out);
+    /* A value that is not a history (written by another program, or damaged) must not make
+     * the session unusable: it is logged and read as empty, and the next stored exchange
+     * replaces it. */
+    char reason[160];
+    if (json && !zq_history_from_json(json, out, reason, sizeof reason))
+        ZQ_SRV_LOG_WARN("session %s: the value of Redis key %s is not a session history (%s); "
+                        "treating the session as empty",
+                        id, key, reason);
     free(json);
-    return ok;
+    return true;
 }
 
 bool zq_sessions_load(zq_sessions *s, const char *id, zq_history *out)

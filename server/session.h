@@ -33,8 +33,9 @@ void zq_sessions_free(zq_sessions *sessions);
 /* Replaces the clock (monotonic seconds) used for expiry, for tests. */
 void zq_sessions_set_clock(zq_sessions *sessions, double (*now)(void));
 
-/* Copies the history of id into *out (empty when the session is unknown or expired).
- * Returns false when the store failed (Redis unreachable, unreadable entry). */
+/* Copies the history of id into *out (empty when the session is unknown or expired, and
+ * when its Redis value is not a history, which is logged). Returns false when the store
+ * failed (Redis unreachable, out of memory). */
 bool zq_sessions_load(zq_sessions *sessions, const char *id, zq_history *out);
 
 /* Drops the oldest n_drop exchanges of id's history, because they no longer fit the
@@ -58,7 +59,8 @@ bool zq_session_id_generate(char out[33]);
 /* Encodes a history as {"exchanges": [{"user": ..., "assistant": ...}, ...]} (malloc'd). */
 char *zq_history_to_json(const zq_history *history);
 
-/* Parses the encoding of zq_history_to_json. Returns false on a malformed document. */
-bool zq_history_from_json(const char *json, zq_history *out);
+/* Parses the encoding of zq_history_to_json. Returns false on a malformed document and
+ * writes the reason to err. */
+bool zq_history_from_json(const char *json, zq_history *out, char *err, size_t err_cap);
 
 #endif /* ZQ_SERVER_SESSION_H */

@@ -512,14 +512,33 @@ static void test_session_ids_and_json(void)
     char *json = zq_history_to_json(&h);
     zq_history back;
     CHECK(json != NULL, "encode");
-    CHECK(json && zq_history_from_json(json, &back), "decode");
+    char reason[160] = "";
+    CHECK(json && zq_history_from_json(json, &back, reason, sizeof reason), "decode: %s",
+          reason);
     CHECK_EQ_INT(back.n_turns, 4);
     if (back.n_turns == 4)
         CHECK(!strcmp(back.turns[1], "嗨 \"quoted\""), "escaped turn");
     zq_history_free(&back);
     free(json);
-    CHECK(!zq_history_from_json("{\"exchanges\":[{\"user\":1}]}", &back), "malformed entry");
-    CHECK(!zq_history_from_json("not json", &back), "not JSON");
+    static const struct {
+        const char *json;
+        const char *reason_part;
+    } bad[] = {
+        {"{\"exchanges\":[{\"user\":1}]}", "exchanges[0] is not"},
+        {"{\"exchanges\":[{\"user\":\"a\",\"assistant\":\"b\"},{\"user\":5}]}",
+         "exchanges[1] is not"},
+        {"{\"exchanges\":[\"a\"]}", "exchanges[0] is not"},
+        {"{\"exchanges\":{}}", "no \"exchanges\" array"},
+        {"[]", "no \"exchanges\" array"},
+        {"not json", "not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        reason[0] = '\0';
+        CHECK(!zq_history_from_json(bad[i].json, &back, reason, sizeof reason), "case %zu", i);
+        CHECK(strstr(reason, bad[i].reason_part) != NULL, "case %zu: reason '%s' lacks '%s'", i,
+              reason, bad[i].reason_part);
+        CHECK_EQ_INT(back.n_turns, 0);
+    }
 }
 
 /* ---- cache ------------------------------------------------------------------------------ */

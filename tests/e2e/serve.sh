@@ -538,4 +538,34 @@ eq full_slots_type "$(body .error.type)" overloaded_error
 kill $pids 2>/dev/null
 wait $pids 2>/dev/null
 
+# ---- server H: sessions in Redis, one of them stored in the wrong shape ---------------------
+for tool in redis-server redis-cli perl; do
+    if ! command -v $tool >/dev/null; then
+        echo "FAIL serve_redis_setup: $tool is not installed (scripts/setup-deps.sh lists it)"
+        exit 1
+    fi
+done
+# Another program could take the port between this check and redis-server's bind.
+redis_port=$(perl -MIO::Socket::INET \
+    -e 'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0")->sockport')
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$tmp" \
+    --logfile "$tmp/redis.log" --daemonize no &
+servers="$servers $!"
+j=0
+while [ $j -lt 400 ] && [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" != PONG ]; do
+    sleep 0.05
+    j=$((j + 1))
+done
+redis-cli -p "$redis_port" SET zq:session:bad '{"exchanges":[{"user":5}]}' >/dev/null
+start_server h --cache "redis://127.0.0.1:$redis_port" --cache-size 0
+H=$last_url
+req GET "$H/chat/history?session_id=bad"
+eq redis_bad_history_empty "$status $(body '.exchanges | length')" "200 0"
+req POST "$H/chat" '{"prompt":"你好","session_id":"bad","max_new_tokens":4}'
+eq redis_bad_session_chat "$status $(body .session_id)" "200 bad"
+check redis_bad_session_logged grep -q \
+    'warn: .*session bad: .* zq:session:bad is not a session history (exchanges\[0\]' "$tmp/h.log"
+req GET "$H/chat/history?session_id=bad"
+eq redis_bad_session_replaced "$(body '.exchanges | length') $(body '.exchanges[0].user')" "1 你好"
+
 exit $failed
