@@ -43,7 +43,8 @@ static void help(const zq_serve_config *d)
            "  --filter-words FILE      sensitive words, one per line (UTF-8): input that\n"
            "                           contains one gets the refusal, output is masked\n"
            "  --filter-reply TEXT      the refusal (default: %s)\n"
-           "  --api-key KEY            require Authorization: Bearer KEY (or set ZQ_API_KEY)\n"
+           "  --api-key KEY            require Authorization: Bearer KEY (or set ZQ_API_KEY);\n"
+           "                           not empty, no spaces\n"
            "  --max-body BYTES         largest request body (default %zu)\n"
            "  --max-prompt-chars N     longest prompt or message, in characters (default %d)\n"
            "  --max-new-tokens-cap N   largest max_new_tokens a request may ask for\n"
@@ -197,7 +198,18 @@ static int parse_args(int argc, char **argv, zq_serve_config *cfg, const char **
     return -1;
 }
 
-static bool check_config(const zq_serve_config *cfg)
+/* Returns whether the key has no spaces or control characters: HTTP trims the spaces around
+ * a header value and forbids control characters, so such a key could never match. */
+static bool api_key_valid(const char *key)
+{
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        if (*p <= ' ' || *p == 0x7F)
+            return false;
+    return true;
+}
+
+/* Checks what the options cannot check one by one; prints the error and returns false. */
+static bool check_config(const zq_serve_config *cfg, bool key_from_env)
 {
     if (cfg->limits.default_max_new_tokens > cfg->limits.max_new_tokens_cap) {
         cli_error(CMD, "--max-new-tokens %d is above --max-new-tokens-cap %d",
@@ -207,6 +219,17 @@ static bool check_config(const zq_serve_config *cfg)
     if (cfg->cache_url && strncmp(cfg->cache_url, "redis://", 8) != 0) {
         cli_error(CMD, "invalid value '%s' for --cache: expected redis://HOST[:PORT]",
                   cfg->cache_url);
+        return false;
+    }
+    const char *key_source = key_from_env ? "ZQ_API_KEY" : "--api-key";
+    if (cfg->api_key && !cfg->api_key[0]) {
+        cli_error(CMD, "%s is empty: give a key, or unset ZQ_API_KEY and omit --api-key to "
+                  "serve without one", key_source);
+        return false;
+    }
+    if (cfg->api_key && !api_key_valid(cfg->api_key)) {
+        cli_error(CMD, "%s contains a space or a control character, which a client cannot "
+                  "send in an Authorization header", key_source);
         return false;
     }
     if (access(cfg->model_path, R_OK) != 0) {
@@ -221,15 +244,14 @@ int zq_cmd_serve(int argc, char **argv)
 {
     zq_serve_config cfg;
     zq_serve_config_default(&cfg);
-    const char *key = getenv("ZQ_API_KEY");
-    if (key && *key)
-        cfg.api_key = key;
+    const char *env_key = getenv("ZQ_API_KEY");
+    cfg.api_key = env_key; /* an empty value is rejected, not taken as "no key" */
     const char *model_path = NULL;
     const int rc = parse_args(argc, argv, &cfg, &model_path);
     if (rc >= 0)
         return rc;
     cfg.model_path = cli_model_path(model_path);
-    if (!check_config(&cfg))
+    if (!check_config(&cfg, env_key && cfg.api_key == env_key))
         return ZQ_EXIT_USAGE;
     return zq_serve_run(&cfg) == 0 ? ZQ_EXIT_OK : ZQ_EXIT_FAIL;
 }

@@ -120,6 +120,34 @@ sse_content() {
     sed -n 's/^data: \({.*\)$/\1/p' "$1" | jq -j '.choices[0].delta.content // empty'
 }
 
+# startup_rejected NAME EXIT_CODE MESSAGE ARGS...: `zq serve ARGS` must exit at once with
+# EXIT_CODE and print one line on stderr that contains MESSAGE. $startup_env, if set, is
+# passed to env (VAR=VALUE). A server that starts anyway is stopped after 10 s.
+startup_rejected() {
+    name=$1
+    expected_rc=$2
+    message=$3
+    shift 3
+    timeout 10 env ${startup_env:-} "$ZQ" serve --port 0 --threads 1 "$@" \
+        >/dev/null 2>"$tmp/startup.err"
+    rc=$?
+    if [ "$rc" = "$expected_rc" ] && [ "$(wc -l <"$tmp/startup.err")" -eq 1 ] &&
+        grep -qF -- "$message" "$tmp/startup.err"; then
+        pass "$name"
+    else
+        fail "$name" "exit $rc, stderr: $(head -c 300 "$tmp/startup.err")"
+    fi
+}
+
+# ---- the command line: rejected options and values, help text --------------------------------
+startup_rejected startup_empty_api_key 2 "zq serve: error: --api-key is empty" \
+    -m "$MODEL" --api-key ""
+startup_env="ZQ_API_KEY="
+startup_rejected startup_empty_env_key 2 "zq serve: error: ZQ_API_KEY is empty" -m "$MODEL"
+startup_env=""
+startup_rejected startup_api_key_space 2 "--api-key contains a space" -m "$MODEL" \
+    --api-key "a b"
+
 # ---- server A: no cache, for the APIs, sessions, rejections and batching ----------------
 start_server a --cache-size 0 --parallel 16 --max-body 65536 --max-prompt-chars 400 \
     --step-delay-ms 5
