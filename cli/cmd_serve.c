@@ -232,6 +232,12 @@ static bool check_config(const zq_serve_config *cfg, bool key_from_env)
                   "send in an Authorization header", key_source);
         return false;
     }
+    if (cfg->ctx_size > 0 && cfg->ctx_size < ZQ_SERVE_MIN_CTX) {
+        cli_error(CMD, "--ctx-size %d is too small: a request needs at least %d positions "
+                  "([CLS], one prompt token, [SEP] and one reply token)",
+                  cfg->ctx_size, ZQ_SERVE_MIN_CTX);
+        return false;
+    }
     if (access(cfg->model_path, R_OK) != 0) {
         cli_error(CMD, "model file '%s' not found: pass -m MODEL.zq, or run make to build the "
                   "default model", cfg->model_path);

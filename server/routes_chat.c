@@ -147,9 +147,12 @@ static zq_job *start_turn(zq_server *srv, zq_http_req *req, const zq_gen_request
             turns[i] = history.turns[i];
         turns[history.n_turns] = gr->turns[0];
         /* As zq_chat_reply does: reserve the reply length unless it would take the whole
-         * context, then half of it. */
-        const int reserve =
-            gr->max_new_tokens < srv->n_ctx - 2 ? gr->max_new_tokens : srv->n_ctx / 2;
+         * context, then half of it. In a context of ZQ_SERVE_MIN_CTX, half would leave no
+         * room for [CLS], one token and [SEP], so the reserve never takes more than the
+         * context minus those three. */
+        int reserve = gr->max_new_tokens < srv->n_ctx - 2 ? gr->max_new_tokens : srv->n_ctx / 2;
+        if (reserve > srv->n_ctx - 3)
+            reserve = srv->n_ctx - 3;
         if (zq_gen_build_prompt(srv, req, turns, history.n_turns + 1, reserve, ids, &n_ids,
                                 &t->n_drop))
             job = zq_gen_start(srv, req, gr, ids, n_ids, t->key);

@@ -105,6 +105,11 @@ static bool load_model(zq_server *srv)
                          srv->cfg.ctx_size, model_ctx);
         return false;
     }
+    if ((srv->cfg.ctx_size ? srv->cfg.ctx_size : model_ctx) < ZQ_SERVE_MIN_CTX) {
+        ZQ_SRV_LOG_ERROR("a context of %d tokens is too small: a request needs at least %d",
+                         srv->cfg.ctx_size ? srv->cfg.ctx_size : model_ctx, ZQ_SERVE_MIN_CTX);
+        return false;
+    }
     const zq_sched_params sp = {
         .n_slots = srv->cfg.parallel,
         .queue_cap = srv->cfg.queue,

@@ -10,6 +10,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* The smallest context a slot may have: [CLS], one prompt token, [SEP] and one reply
+ * token. */
+#define ZQ_SERVE_MIN_CTX 4
+
 typedef struct {
     const char *model_path;
     const char *model_name; /* id in responses; NULL = file name without ".zq" */
@@ -18,7 +22,7 @@ typedef struct {
     int parallel;           /* decoding slots */
     int queue;              /* requests that may wait for a busy slot */
     int threads;            /* threads per forward pass; 0 = physical cores */
-    int ctx_size;           /* KV positions per slot; 0 = the model's */
+    int ctx_size;           /* KV positions per slot, >= ZQ_SERVE_MIN_CTX; 0 = the model's */
     int history;            /* exchanges kept per session */
     long session_ttl;       /* seconds after last use */
     long max_sessions;      /* in-process sessions before LRU eviction */

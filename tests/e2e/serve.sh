@@ -147,6 +147,8 @@ startup_rejected startup_empty_env_key 2 "zq serve: error: ZQ_API_KEY is empty" 
 startup_env=""
 startup_rejected startup_api_key_space 2 "--api-key contains a space" -m "$MODEL" \
     --api-key "a b"
+startup_rejected startup_ctx_too_small 2 "zq serve: error: --ctx-size 2 is too small" \
+    -m "$MODEL" --ctx-size 2
 
 # ---- server A: no cache, for the APIs, sessions, rejections and batching ----------------
 start_server a --cache-size 0 --parallel 16 --max-body 65536 --max-prompt-chars 400 \
@@ -565,6 +567,18 @@ reject full_slots_and_queue 503 POST "$F/chat" '{"prompt":"你好"}'
 eq full_slots_type "$(body .error.type)" overloaded_error
 kill $pids 2>/dev/null
 wait $pids 2>/dev/null
+
+# ---- server G: the smallest context --------------------------------------------------------
+# --ctx-size 4 holds [CLS], one prompt token, [SEP] and one reply token.
+start_server g --ctx-size 4 --cache-size 0
+G=$last_url
+# ignore_eos keeps a sampled [SEP] from ending the reply before its one token.
+req POST "$G/chat" '{"prompt":"你","max_new_tokens":8,"ignore_eos":true}'
+eq min_ctx_chat "$status $(body .tokens) $(body .finish_reason)" "200 1 length"
+req POST "$G/v1/chat/completions" '{"messages":[{"role":"user","content":"你"}],"ignore_eos":true}'
+eq min_ctx_openai "$status $(body .usage.completion_tokens)" "200 1"
+req POST "$G/chat" '{"prompt":"你好"}'
+eq min_ctx_longer_prompt "$status $(body .error.type)" "400 invalid_request_error"
 
 # ---- server H: sessions in Redis, one of them stored in the wrong shape ---------------------
 for tool in redis-server redis-cli perl; do
