@@ -17,6 +17,7 @@
 
 static void help(const zq_serve_config *d)
 {
+    const zq_sampler_params *sp = &d->limits.sampling;
     printf("usage: zq serve [-m MODEL.zq] [options]\n\n"
            "Serves the model over HTTP: POST /chat (sessions), POST /v1/chat/completions\n"
            "(OpenAI-compatible, streaming with \"stream\": true), GET /v1/models, GET /health,\n"
@@ -28,10 +29,13 @@ static void help(const zq_serve_config *d)
            "  --port N                 TCP port, 0 = any free port (default %d)\n"
            "  --parallel N             sequences decoded together in one batch (default %d)\n"
            "  --no-batching            decode one request at a time (same as --parallel 1)\n"
-           "  --queue N                requests waiting for a slot before 503 (default %d)\n"
-           "  --ctx-size N             KV cache positions per slot (default: the model's)\n"
-           "  --history N              exchanges kept per /chat session (default %d)\n"
-           "  --session-ttl SECONDS    forget a session this long after its last use\n"
+           "  --queue N                requests waiting for a busy slot before 503 (default %d)\n"
+           "  --threads N              threads per forward pass (default: the physical cores)\n"
+           "  --ctx-size N             KV cache positions per slot, at least %d\n"
+           "                           (default: the model's)\n"
+           "  --history N              exchanges kept per /chat session (default %d)\n",
+           d->host, d->port, d->parallel, d->queue, ZQ_SERVE_MIN_CTX, d->history);
+    printf("  --session-ttl SECONDS    forget a session this long after its last use\n"
            "                           (default %ld)\n"
            "  --max-sessions N         sessions kept in memory, least recently used evicted\n"
            "                           (default %ld)\n"
@@ -55,14 +59,23 @@ static void help(const zq_serve_config *d)
            "  --log-prompts            include prompts in the access log\n"
            "  --no-access-log          no access-log lines on stderr\n"
            "  --step-delay-ms N        sleep N ms after each decoding step (for tests)\n"
-           "Defaults for requests that do not set them:\n" CLI_GEN_HELP
-           "  Without --seed, a request that sends no seed gets a random one.\n"
            "  -v, --verbose            more library log output on stderr (repeatable)\n"
            "  -h, --help               show this help\n",
-           d->host, d->port, d->parallel, d->queue, d->history, d->session_ttl,
-           d->max_sessions, d->cache_size, d->cache_ttl, d->filter_reply, d->max_body,
-           d->limits.max_prompt_chars, d->limits.max_new_tokens_cap, d->max_connections,
-           d->shutdown_timeout);
+           d->session_ttl, d->max_sessions, d->cache_size, d->cache_ttl, d->filter_reply,
+           d->max_body, d->limits.max_prompt_chars, d->limits.max_new_tokens_cap,
+           d->max_connections, d->shutdown_timeout);
+    printf("\nDefaults for requests that do not set them:\n"
+           "  --seed N                 seed for every request without one (default: a random\n"
+           "                           seed per request)\n"
+           "  --temperature T          sampling temperature, 0 = greedy (default %g)\n"
+           "  --top-k K                keep the K most likely tokens, 0 = all (default %d)\n"
+           "  --top-p P                keep the smallest set with probability mass >= P, in\n"
+           "                           (0, 1] (default %g)\n"
+           "  --repetition-penalty R   divide the logits of recent tokens by R, 1 = off\n"
+           "                           (default %g)\n"
+           "  --max-new-tokens N       maximum reply length in tokens (default %d)\n",
+           sp->temperature, sp->top_k, sp->top_p, sp->repetition_penalty,
+           d->limits.default_max_new_tokens);
 }
 
 typedef enum { OPT_INT, OPT_LONG, OPT_SIZE, OPT_SECONDS, OPT_TEXT, OPT_FLAG, OPT_UNSET } kind;

@@ -150,6 +150,17 @@ startup_rejected startup_api_key_space 2 "--api-key contains a space" -m "$MODEL
 startup_rejected startup_ctx_too_small 2 "zq serve: error: --ctx-size 2 is too small" \
     -m "$MODEL" --ctx-size 2
 
+"$ZQ" serve --help >"$tmp/help.txt"
+seed_help=$(grep -A 1 -- '--seed N' "$tmp/help.txt")
+case "$seed_help" in
+*"default 0"*) fail help_seed_random "the --seed help gives a default of 0: $seed_help" ;;
+*"random"*) pass help_seed_random ;;
+*) fail help_seed_random "the --seed help does not say that the default is random: $seed_help" ;;
+esac
+eq help_request_defaults_only "$(sed -n '/^Defaults for requests/,$p' "$tmp/help.txt" |
+    grep -cE -- '--threads|--verbose|--help')" 0
+check help_lists_threads grep -q -- '--threads N' "$tmp/help.txt"
+
 # ---- server A: no cache, for the APIs, sessions, rejections and batching ----------------
 start_server a --cache-size 0 --parallel 16 --max-body 65536 --max-prompt-chars 400 \
     --step-delay-ms 5
