@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "common.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
@@ -154,6 +155,28 @@ static bool apply_option(const serve_option *o, const char *arg)
     return true;
 }
 
+/* Prints the error for what getopt_long returned as '?' (an unknown or ambiguous option,
+ * or a value given to a flag) or ':' (a missing value). optopt is the unknown short option,
+ * or the value of the long option at fault, or 0 for an unknown long option. */
+static void report_bad_option(int c, char *const *argv)
+{
+    const bool unknown_short = optopt > 0 && optopt < 128 && !strchr("mvh", optopt);
+    const char *arg = argv[optind - 1];
+    char name[64];
+    if (unknown_short)
+        snprintf(name, sizeof name, "-%c", optopt);
+    else
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(arg, "="), arg);
+    if (c == ':')
+        cli_error(CMD, "option '%s' needs a value; run 'zq serve --help'", name);
+    else if (unknown_short)
+        cli_error(CMD, "unknown option '%s'; run 'zq serve --help'", name);
+    else if (optopt == 0)
+        cli_error(CMD, "unknown or ambiguous option '%s'; run 'zq serve --help'", name);
+    else
+        cli_error(CMD, "option '%s' takes no value; run 'zq serve --help'", name);
+}
+
 /* Parses argv into cfg. Returns -1 to go on, or an exit status. */
 static int parse_args(int argc, char **argv, zq_serve_config *cfg, const char **model_path)
 {
@@ -180,7 +203,10 @@ static int parse_args(int argc, char **argv, zq_serve_config *cfg, const char **
     gen.max_new_tokens = cfg->limits.default_max_new_tokens;
     gen.max_exchanges = cfg->history;
     int verbosity = 0, c;
-    while ((c = getopt_long(argc, argv, "m:vh", longs, NULL)) != -1) {
+    opterr = 0; /* report_bad_option prints the errors in the form of the other ones */
+    while ((c = getopt_long(argc, argv, ":m:vh", longs, NULL)) != -1) {
+        if (c == '?' || c == ':')
+            return report_bad_option(c, argv), ZQ_EXIT_USAGE;
         if (c == 'm')
             *model_path = optarg;
         else if (c == 'v')
@@ -251,11 +277,6 @@ static bool check_config(const zq_serve_config *cfg, bool key_from_env)
                   cfg->ctx_size, ZQ_SERVE_MIN_CTX);
         return false;
     }
-    if (access(cfg->model_path, R_OK) != 0) {
-        cli_error(CMD, "model file '%s' not found: pass -m MODEL.zq, or run make to build the "
-                  "default model", cfg->model_path);
-        return false;
-    }
     return true;
 }
 
@@ -269,8 +290,15 @@ int zq_cmd_serve(int argc, char **argv)
     const int rc = parse_args(argc, argv, &cfg, &model_path);
     if (rc >= 0)
         return rc;
-    cfg.model_path = cli_model_path(model_path);
     if (!check_config(&cfg, env_key && cfg.api_key == env_key))
         return ZQ_EXIT_USAGE;
+    cfg.model_path = cli_model_path(model_path);
+    /* A missing model is a runtime failure, as in `zq run`, not a usage error. */
+    if (access(cfg.model_path, R_OK) != 0) {
+        cli_error(CMD, "cannot read the model file '%s': %s; pass -m MODEL.zq, or run make to "
+                  "build the default model",
+                  cfg.model_path, strerror(errno));
+        return ZQ_EXIT_FAIL;
+    }
     return zq_serve_run(&cfg) == 0 ? ZQ_EXIT_OK : ZQ_EXIT_FAIL;
 }

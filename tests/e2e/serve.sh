@@ -140,6 +140,13 @@ startup_rejected() {
 }
 
 # ---- the command line: rejected options and values, help text --------------------------------
+startup_rejected startup_unknown_option 2 \
+    "zq serve: error: unknown or ambiguous option '--bogus'; run 'zq serve --help'" \
+    -m "$MODEL" --bogus
+startup_rejected startup_missing_value 2 "zq serve: error: option '--port' needs a value" \
+    -m "$MODEL" --port
+startup_rejected startup_missing_model 1 "zq serve: error: cannot read the model file" \
+    -m "$tmp/missing.zq"
 startup_rejected startup_empty_api_key 2 "zq serve: error: --api-key is empty" \
     -m "$MODEL" --api-key ""
 startup_env="ZQ_API_KEY="
