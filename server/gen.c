@@ -162,10 +162,52 @@ void zq_gen_cache_store(zq_server *srv, const char *key, const char *text,
     zq_cache_put(srv->cache, key, &reply);
 }
 
+/* The status, type and message of a job that ended with ZQ_FINISH_ERROR. */
+typedef struct {
+    int status;
+    const char *type;
+    char message[256]; /* "generation failed: " and the job's error */
+} failure;
+
+/* Describes a failed job the same way for plain and streamed responses: jobs that the
+ * shutdown aborted are 503 unavailable_error, runtime failures 500 server_error (logged). */
+static void describe_failure(zq_server *srv, const zq_job_state *state, failure *f)
+{
+    if (atomic_load(&srv->draining)) {
+        f->status = 503;
+        f->type = "unavailable_error";
+        snprintf(f->message, sizeof f->message, "%s", state->error);
+        return;
+    }
+    ZQ_SRV_LOG_ERROR("generation failed: %s", state->error);
+    f->status = 500;
+    f->type = "server_error";
+    snprintf(f->message, sizeof f->message, "generation failed: %s", state->error);
+}
+
 enum MHD_Result zq_gen_send_failure(zq_http_req *req, const zq_job_state *state)
 {
-    if (atomic_load(&req->srv->draining))
-        return zq_http_send_error(req, 503, "unavailable_error", "%s", state->error);
-    ZQ_SRV_LOG_ERROR("generation failed: %s", state->error);
-    return zq_http_send_error(req, 500, "server_error", "generation failed: %s", state->error);
+    failure f;
+    describe_failure(req->srv, state, &f);
+    return zq_http_send_error(req, f.status, f.type, "%s", f.message);
+}
+
+void zq_gen_error_event(zq_server *srv, const zq_job_state *state, zq_buf *out)
+{
+    failure f;
+    if (state->finish == ZQ_FINISH_CANCELLED) {
+        /* Only the connection cancels its job, after its client has gone, so no client
+         * reads this event; it keeps the stream well-formed all the same. */
+        f.status = 500;
+        f.type = "server_error";
+        snprintf(f.message, sizeof f.message, "the request was cancelled");
+    } else {
+        describe_failure(srv, state, &f);
+    }
+    cJSON *event = cJSON_CreateObject();
+    cJSON *error = cJSON_AddObjectToObject(event, "error");
+    cJSON_AddStringToObject(error, "message", f.message);
+    cJSON_AddStringToObject(error, "type", f.type);
+    cJSON_AddNumberToObject(error, "code", f.status);
+    zq_sse_event(out, event);
 }

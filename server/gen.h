@@ -36,8 +36,14 @@ void zq_gen_wait(zq_http_req *req, zq_job *job, zq_buf *text, zq_job_state *stat
 void zq_gen_cache_store(zq_server *srv, const char *key, const char *text,
                         const zq_job_state *state);
 
-/* Sends the error response for a job that ended with ZQ_FINISH_ERROR. */
+/* Sends the error response for a job that ended with ZQ_FINISH_ERROR: 503
+ * unavailable_error when the shutdown aborted it, else 500 server_error. */
 enum MHD_Result zq_gen_send_failure(zq_http_req *req, const zq_job_state *state);
+
+/* Appends the data: {"error": {"message", "type", "code"}} event that ends a stream whose
+ * job ended with ZQ_FINISH_ERROR (the type and code of zq_gen_send_failure) or
+ * ZQ_FINISH_CANCELLED. */
+void zq_gen_error_event(zq_server *srv, const zq_job_state *state, zq_buf *out);
 
 /* Event formatting for one streaming API. */
 typedef struct {

@@ -86,11 +86,7 @@ static void stream_close(void *user, const char *text, const zq_job_state *state
 {
     const chat_turn *t = user;
     if (state->finish == ZQ_FINISH_ERROR || state->finish == ZQ_FINISH_CANCELLED) {
-        cJSON *event = cJSON_CreateObject();
-        cJSON *error = cJSON_AddObjectToObject(event, "error");
-        cJSON_AddStringToObject(error, "message", state->error[0] ? state->error : "cancelled");
-        cJSON_AddStringToObject(error, "type", "server_error");
-        zq_sse_event(out, event);
+        zq_gen_error_event(t->srv, state, out);
     } else {
         finish_turn(t, text, state);
         zq_sse_event(out, reply_object(t, text, state));

@@ -117,11 +117,7 @@ static void stream_close(void *user, const char *text, const zq_job_state *state
 {
     const completion *c = user;
     if (state->finish == ZQ_FINISH_ERROR || state->finish == ZQ_FINISH_CANCELLED) {
-        cJSON *event = cJSON_CreateObject();
-        cJSON *error = cJSON_AddObjectToObject(event, "error");
-        cJSON_AddStringToObject(error, "message", state->error[0] ? state->error : "cancelled");
-        cJSON_AddStringToObject(error, "type", "server_error");
-        zq_sse_event(out, event);
+        zq_gen_error_event(c->srv, state, out);
     } else {
         zq_gen_cache_store(c->srv, c->key, text, state);
         zq_sse_event(out, chunk(c, cJSON_CreateObject(), zq_finish_reason(state->finish)));

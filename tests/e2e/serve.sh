@@ -536,20 +536,30 @@ eq shutdown_finished_request "$(jq -r '.usage.completion_tokens' "$tmp/last.json
 curl -s -o /dev/null "$D/health"
 eq shutdown_stops_listening $? 7
 
-# A request that outlives --shutdown-timeout is aborted with 503 and the exit is still 0.
-start_server e --parallel 1 --cache-size 0 --step-delay-ms 40 --shutdown-timeout 0.2
+# Requests that outlive --shutdown-timeout are aborted: a plain one with 503, a stream with
+# an error event of the same type and code. The exit is still 0.
+start_server e --parallel 2 --cache-size 0 --step-delay-ms 40 --shutdown-timeout 0.2
 E=$last_url
 curl -s -o "$tmp/aborted.json" -w '%{http_code}' -H 'Content-Type: application/json' \
     --data-binary '{"prompt":"你好","max_new_tokens":200,"ignore_eos":true}' \
     "$E/chat" >"$tmp/aborted.status" &
 aborted_curl=$!
-check abort_request_active wait_metric "$E" zq_requests_active 1
+curl -s -N -H 'Content-Type: application/json' --data-binary "$long_stream" \
+    "$E/v1/chat/completions" >"$tmp/aborted.sse" &
+aborted_stream=$!
+check abort_requests_active wait_metric "$E" zq_requests_active 2
 kill -TERM "$last_pid"
 wait "$last_pid"
 eq abort_exit_code $? 0
-wait "$aborted_curl"
+wait "$aborted_curl" "$aborted_stream"
 eq abort_status "$(cat "$tmp/aborted.status") $(jq -r .error.type "$tmp/aborted.json")" \
     "503 unavailable_error"
+eq abort_code_field "$(jq -r .error.code "$tmp/aborted.json")" 503
+eq abort_stream_done "$(grep '^data: ' "$tmp/aborted.sse" | tail -n 1)" "data: [DONE]"
+grep '^data: {"error"' "$tmp/aborted.sse" | sed 's/^data: //' >"$tmp/aborted.event"
+eq abort_stream_error "$(jq -r '"\(.error.type) \(.error.code)"' "$tmp/aborted.event")" \
+    "unavailable_error 503"
+check abort_stream_message jq -e '(.error.message | length) > 0' "$tmp/aborted.event"
 
 # ---- server F: free slots take requests while the queue is full ---------------------------
 # Requests that arrive while slots are free wait in the queue until the scheduler's next
