@@ -261,6 +261,20 @@ static void client_address(struct MHD_Connection *conn, char *out, size_t cap)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
 }
 
+/* Returns the status the client received. libmicrohttpd sends its own response to some
+ * requests after the access handler has seen their headers (a 400 for a malformed chunked
+ * body), so its queued status counts when no handler queued one. */
+static int final_status(const zq_http_req *req, struct MHD_Connection *conn)
+{
+    if (req->status)
+        return req->status;
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+    if (info && info->http_status)
+        return (int)info->http_status;
+    return 499; /* nginx's "client closed request" */
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode code)
 {
@@ -271,7 +285,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     const double seconds = zq_now() - req->t_start;
     const bool aborted = code != MHD_REQUEST_TERMINATED_COMPLETED_OK;
-    const int status = req->status ? req->status : 499; /* nginx's "client closed request" */
+    const int status = final_status(req, conn);
     zq_metrics_request(srv->metrics, req->endpoint, status, seconds);
 
     if (srv->cfg.access_log) {

@@ -120,6 +120,20 @@ sse_content() {
     sed -n 's/^data: \({.*\)$/\1/p' "$1" | jq -j '.choices[0].delta.content // empty'
 }
 
+# raw_http PORT REQUEST: sends REQUEST, with \r and \n written as escapes, over a plain
+# socket to 127.0.0.1:PORT and prints the response until the server closes the connection.
+raw_http() {
+    perl -MIO::Socket::INET -e '
+        alarm 20;
+        my $request = $ARGV[1];
+        $request =~ s/\\r/\r/g;
+        $request =~ s/\\n/\n/g;
+        my $socket = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ARGV[0]")
+            or die "connect: $!\n";
+        print $socket $request;
+        print while <$socket>;' "$1" "$2"
+}
+
 # startup_rejected NAME EXIT_CODE MESSAGE ARGS...: `zq serve ARGS` must exit at once with
 # EXIT_CODE and print one line on stderr that contains MESSAGE. $startup_env, if set, is
 # passed to env (VAR=VALUE). A server that starts anyway is stopped after 10 s.
@@ -596,7 +610,7 @@ eq full_slots_type "$(body .error.type)" overloaded_error
 kill $pids 2>/dev/null
 wait $pids 2>/dev/null
 
-# ---- server G: the smallest context --------------------------------------------------------
+# ---- server G: the smallest context, and errors that libmicrohttpd sends itself ------------
 # --ctx-size 4 holds [CLS], one prompt token, [SEP] and one reply token.
 start_server g --ctx-size 4 --cache-size 0
 G=$last_url
@@ -607,6 +621,19 @@ req POST "$G/v1/chat/completions" '{"messages":[{"role":"user","content":"你"}]
 eq min_ctx_openai "$status $(body .usage.completion_tokens)" "200 1"
 req POST "$G/chat" '{"prompt":"你好"}'
 eq min_ctx_longer_prompt "$status $(body .error.type)" "400 invalid_request_error"
+
+# libmicrohttpd rejects a malformed chunked body (in HTML) after the access handler saw the
+# headers. The access log and the metrics must show its 400, not 499.
+head='POST /chat HTTP/1.1\r\nHost: x\r\n'
+raw_http "$port" "${head}Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n" \
+    >"$tmp/chunked.txt"
+eq mhd_chunked_status "$(head -n 1 "$tmp/chunked.txt" | tr -d '\r')" "HTTP/1.1 400 Bad Request"
+check mhd_chunked_metric wait_metric "$G" 'zq_requests_total{endpoint="/chat",status="400"}' 2
+eq mhd_chunked_not_499 "$(metric "$G" 'zq_requests_total{endpoint="/chat",status="499"}')" ""
+check mhd_chunked_access_log grep -q '"POST /chat" 400 .* aborted$' "$tmp/g.log"
+raw_http "$port" "${head}Content-Length: -1\r\n\r\n" >"$tmp/negative.txt"
+eq mhd_negative_length "$(head -n 1 "$tmp/negative.txt" | tr -d '\r')" "HTTP/1.1 400 Bad Request"
+eq mhd_alive_after_errors "$(curl -s -o /dev/null -w '%{http_code}' "$G/health")" 200
 
 # ---- server H: sessions in Redis, one of them stored in the wrong shape ---------------------
 for tool in redis-server redis-cli perl; do
