@@ -287,8 +287,8 @@ def machine_section(results):
     bw = results["bandwidth_gb_s"]
     lines = [f"- CPU: {m['cpu']}, {m['cores']} cores; flags: {', '.join(m['flags'])}",
              f"- Date: {m['date']}; {m['os']}; zq commit {m['zq_commit']}",
-             "- Read bandwidth (`zq bench bandwidth`, AVX2 loads, best of 5 passes and of the "
-             "measurements at the start and end of the run): "
+             "- Read bandwidth (`zq bench bandwidth`, AVX2 loads, best of the passes of every "
+             "measurement in the run): "
              + ", ".join(f"{gb} GB/s on {t} thread{'s' if t != '1' else ''}"
                          for t, gb in sorted(bw.items()))
              + "; every measurement: "

@@ -48,6 +48,7 @@ if [ "$QUICK" = 1 ]; then
     DECODE=8
     REPEATS=1
     BW_MB=32
+    BW_PASSES=5
     KERNEL_OPTS=--quick
     RESULTS=$OUT/results.json
     REPORT=$OUT/RESULTS.md
@@ -60,6 +61,7 @@ else
     DECODE=128
     REPEATS=3
     BW_MB=512
+    BW_PASSES=40
     KERNEL_OPTS=""
     RESULTS=bench/results.json
     REPORT=bench/RESULTS.md
@@ -121,12 +123,14 @@ for entry in $MODELS; do
 done
 
 # --- machine: bandwidth and kernels ---------------------------------------------------------
-# The bandwidth is measured at the start and again at the end, and the report takes the best,
-# because another job on a shared machine can hold a core during one measurement.
+# The bandwidth is measured at the start, between the models and at the end, each the best of
+# many passes, and the report takes the best: another job on a shared machine can hold a core
+# during a measurement, and 2-thread reads then ran at half speed.
 measure_bandwidth() {
     for t in $THREADS; do
         log "read bandwidth, $t thread(s)"
-        step "$ZQ" bench bandwidth --threads "$t" --mb "$BW_MB" --json >>"$PARTS/bandwidth.jsonl"
+        step "$ZQ" bench bandwidth --threads "$t" --mb "$BW_MB" --passes "$BW_PASSES" --json \
+            >>"$PARTS/bandwidth.jsonl"
     done
 }
 measure_bandwidth
@@ -179,9 +183,8 @@ for entry in $MODELS; do
                 --json "$PARTS/records.jsonl" >/dev/null
         done
     done
+    measure_bandwidth
 done
-
-measure_bandwidth
 
 # --- report -----------------------------------------------------------------------------------
 log "collecting results after $(($(date +%s) - start)) s"

@@ -19,20 +19,25 @@
 #endif
 
 #define CMD "bench bandwidth"
-#define PASSES 5
+#define DEFAULT_PASSES 5
+#define MAX_PASSES 1000
+
+enum { OPT_THREADS = 1000, OPT_MB, OPT_PASSES, OPT_JSON };
 
 static void help(void)
 {
-    printf("usage: zq bench bandwidth [--threads N] [--mb MB] [--json]\n\n"
-           "Reads a buffer of MB MiB with N threads, best of %d passes, and prints the rate\n"
+    printf("usage: zq bench bandwidth [--threads N] [--mb MB] [--passes P] [--json]\n\n"
+           "Reads a buffer of MB MiB with N threads, best of P passes, and prints the rate\n"
            "in GB/s (10^9 bytes per second). AVX2 loads are used when the CPU has them.\n\n"
            "options:\n"
            "  --threads N   threads (default: the number of physical cores)\n"
            "  --mb MB       buffer size in MiB, at least 1 (default 512); use a size far above\n"
            "                the last-level cache so that the rate is memory's\n"
+           "  --passes P    timed passes, 1 to %d (default %d); more passes give a busy\n"
+           "                machine more chances of an undisturbed one\n"
            "  --json        print one JSON record instead of text\n"
            "  -h, --help    show this help\n",
-           PASSES);
+           MAX_PASSES, DEFAULT_PASSES);
 }
 
 #ifdef HAVE_X86
@@ -111,11 +116,12 @@ static void fill_buffer(uint8_t *buf, size_t bytes, int n_threads)
         memset(buf + i * 4096, (int)(i & 0xff), 4096);
 }
 
-static void report(int threads, long mb, bool avx2, const double *gbs, double best, bool json)
+static void report(int threads, long mb, bool avx2, const double *gbs, int passes, double best,
+                   bool json)
 {
     if (!json) {
         printf("read bandwidth: %.2f GB/s (%d thread%s, %ld MiB, %s loads, best of %d)\n", best,
-               threads, threads == 1 ? "" : "s", mb, avx2 ? "AVX2" : "64-bit", PASSES);
+               threads, threads == 1 ? "" : "s", mb, avx2 ? "AVX2" : "64-bit", passes);
         return;
     }
     cJSON *r = cJSON_CreateObject();
@@ -124,34 +130,46 @@ static void report(int threads, long mb, bool avx2, const double *gbs, double be
     cJSON_AddNumberToObject(r, "mb", (double)mb);
     cJSON_AddStringToObject(r, "loads", avx2 ? "avx2" : "scalar");
     cJSON_AddNumberToObject(r, "gb_s", cli_bench_round(best, 2));
-    cJSON *passes = cJSON_AddArrayToObject(r, "passes_gb_s");
-    for (int i = 0; i < PASSES; i++)
-        cJSON_AddItemToArray(passes, cJSON_CreateNumber(cli_bench_round(gbs[i], 2)));
+    cJSON *list = cJSON_AddArrayToObject(r, "passes_gb_s");
+    for (int i = 0; i < passes; i++)
+        cJSON_AddItemToArray(list, cJSON_CreateNumber(cli_bench_round(gbs[i], 2)));
     cli_bench_print_json(r);
+}
+
+/* Parses one option into the settings; returns -1 to continue, else the exit status. */
+static int parse_option(int c, const char *arg, long *threads, long *mb, long *passes, bool *json)
+{
+    switch (c) {
+    case OPT_THREADS:
+        return cli_parse_int(CMD, "threads", arg, 1, 1024, threads) ? -1 : ZQ_EXIT_USAGE;
+    case OPT_MB:
+        return cli_parse_int(CMD, "mb", arg, 1, 1 << 20, mb) ? -1 : ZQ_EXIT_USAGE;
+    case OPT_PASSES:
+        return cli_parse_int(CMD, "passes", arg, 1, MAX_PASSES, passes) ? -1 : ZQ_EXIT_USAGE;
+    case OPT_JSON:
+        *json = true;
+        return -1;
+    case 'h':
+        help();
+        return ZQ_EXIT_OK;
+    }
+    return ZQ_EXIT_USAGE;
 }
 
 int cli_bench_bandwidth(int argc, char **argv)
 {
-    enum { OPT_THREADS = 1000, OPT_MB, OPT_JSON };
     static const struct option longs[] = {
         {"threads", required_argument, 0, OPT_THREADS}, {"mb", required_argument, 0, OPT_MB},
-        {"json", no_argument, 0, OPT_JSON},             {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"passes", required_argument, 0, OPT_PASSES},   {"json", no_argument, 0, OPT_JSON},
+        {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0},
     };
-    long threads = 0, mb = 512;
+    long threads = 0, mb = 512, passes = DEFAULT_PASSES;
     bool json = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
-        if (c == OPT_THREADS && !cli_parse_int(CMD, "threads", optarg, 1, 1024, &threads))
-            return ZQ_EXIT_USAGE;
-        else if (c == OPT_MB && !cli_parse_int(CMD, "mb", optarg, 1, 1 << 20, &mb))
-            return ZQ_EXIT_USAGE;
-        else if (c == OPT_JSON)
-            json = true;
-        else if (c == 'h')
-            return help(), ZQ_EXIT_OK;
-        else if (c == '?')
-            return ZQ_EXIT_USAGE;
+        const int rc = parse_option(c, optarg, &threads, &mb, &passes, &json);
+        if (rc >= 0)
+            return rc;
     }
     if (optind != argc) {
         cli_error(CMD, "unexpected argument '%s'; run 'zq bench bandwidth --help'", argv[optind]);
@@ -169,15 +187,15 @@ int cli_bench_bandwidth(int argc, char **argv)
 
     const bool avx2 = use_avx2();
     uint64_t sink = 0;
-    double gbs[PASSES], best = 0;
+    double gbs[MAX_PASSES], best = 0;
     read_pass(buf, bytes, n_threads, avx2, &sink); /* warm-up: TLB and thread start */
-    for (int i = 0; i < PASSES; i++) {
+    for (int i = 0; i < passes; i++) {
         gbs[i] = (double)bytes / read_pass(buf, bytes, n_threads, avx2, &sink) / 1e9;
         best = gbs[i] > best ? gbs[i] : best;
     }
     zq_aligned_free(buf);
     if (sink == 0x5a5a5a5a5a5a5a5aULL) /* keeps the reads observable; practically never true */
         fputc('\n', stderr);
-    report(n_threads, mb, avx2, gbs, best, json);
+    report(n_threads, mb, avx2, gbs, (int)passes, best, json);
     return ZQ_EXIT_OK;
 }

@@ -42,6 +42,10 @@ check bandwidth_one_line test "$(wc -l <"$tmp/bw.json")" -eq 1
 check bandwidth_gb_s has_number "$tmp/bw.json" gb_s
 check bandwidth_threads grep -q '"threads":1,' "$tmp/bw.json"
 check bandwidth_mb grep -q '"mb":16,' "$tmp/bw.json"
+"$ZQ" bench bandwidth --mb 16 --passes 3 --json >"$tmp/bw3.json"
+check bandwidth_passes grep -Eq '"passes_gb_s":\[[0-9.]+,[0-9.]+,[0-9.]+\]' "$tmp/bw3.json"
+"$ZQ" bench bandwidth --passes 0 2>"$tmp/err"
+check bad_passes_exit2 test $? -eq 2
 
 # --- model ------------------------------------------------------------------------------------
 bench_model() {
