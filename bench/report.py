@@ -135,6 +135,30 @@ def best_records(records):
     return [best[k] for k in order]
 
 
+def read_profiles(parts_dir):
+    """Parse bench/profile.sh outputs (profile_KERNELS_THREADS.txt) into
+    {"KERNELS_THREADS": {"decode": {step: us per token}, "prefill": {...}, "decode_tok_s": x}}."""
+    profiles = {}
+    for name in sorted(os.listdir(parts_dir)):
+        if not (name.startswith("profile_") and name.endswith(".txt")):
+            continue
+        entry, phase = {}, None
+        with open(os.path.join(parts_dir, name), encoding="utf-8") as f:
+            for line in f:
+                words = line.split()
+                if line.startswith("profile "):
+                    phase = words[1].rstrip(":")
+                    entry[phase] = {}
+                elif phase and line.startswith("  ") and len(words) >= 5:
+                    entry[phase][words[0]] = float(words[-2])
+                elif line.startswith("decode:"):
+                    entry["decode_tok_s"] = float(words[1])
+                elif line.startswith("prefill:"):
+                    entry["prefill_tok_s"] = float(words[1])
+        profiles[name[len("profile_"):-len(".txt")]] = entry
+    return profiles
+
+
 def collect(args):
     bandwidth_runs = read_jsonl(os.path.join(args.collect, "bandwidth.jsonl"))
     bandwidth = {}
@@ -152,6 +176,7 @@ def collect(args):
         "decode_limit_tok_s": decode_limits(bandwidth, records),
         "target_sizes_mb": file_sizes(args),
         "kernels": read_jsonl(os.path.join(args.collect, "kernels.jsonl")),
+        "profile": read_profiles(args.collect),
         "records": records,
     }
     results["targets"] = targets(results)
@@ -270,6 +295,43 @@ def kernel_tables(kernels):
     return out
 
 
+PROFILE_GROUPS = (
+    ("matrix products", ("matmul_qkv", "matmul_proj", "matmul_fc", "matmul_fc2")),
+    ("output head", ("head",)),
+    ("attention", ("attention",)),
+    ("layer norms", ("layernorm",)),
+    ("GELU", ("gelu",)),
+    ("residual adds, embedding", ("residual", "embed")),
+)
+
+
+def profile_section(results):
+    """A table of microseconds per token for each part of the forward pass."""
+    profiles = results.get("profile") or {}
+    if not profiles:
+        return []
+    keys = sorted(profiles)
+    lines = [f"Where the time goes: `bench/profile.sh`, {results['target_model']} int8, wall "
+             "time of each step per token, summed over the layers. Decode covers every "
+             "single-token step of the run, prefill the prompts and the warm-up.", "",
+             "| step | " + " | ".join(f"decode us, {k.replace('_', ' ')} thr" for k in keys)
+             + " | " + " | ".join(f"prefill us, {k.replace('_', ' ')} thr" for k in keys) + " |",
+             "|" + "---|" * (1 + 2 * len(keys))]
+    for label, steps in PROFILE_GROUPS:
+        cells = []
+        for phase in ("decode", "prefill"):
+            for k in keys:
+                values = profiles[k].get(phase, {})
+                cells.append(fmt(sum(values.get(s, 0.0) for s in steps)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    totals = []
+    for phase in ("decode", "prefill"):
+        for k in keys:
+            totals.append(fmt(sum(profiles[k].get(phase, {}).values())))
+    lines.append("| total | " + " | ".join(totals) + " |")
+    return lines + [""]
+
+
 def targets_section(results):
     lines = [f"Targets: {results['target_model']}, int8, {TARGET_THREADS} threads, measured in "
              "this run. PyTorch's 2-thread record is the best of its OpenMP/OpenBLAS thread "
@@ -341,6 +403,7 @@ def markdown(results):
              "medians of the repeats. MiB = 2^20 bytes, MB = 10^6 bytes, GB = 10^9 bytes.", "",
              "## Machine", ""] + machine_section(results) + ["", "## Targets", ""]
     lines += targets_section(results)
+    lines += ["", "## Profile", ""] + profile_section(results)
     for model in models:
         lines += ["", f"## {model}", ""] + clipped_note(recs, model) + model_table(recs, model)
     lines += ["", "## Kernels", "",

@@ -158,6 +158,22 @@ zq_model() {
     done
 }
 
+# Times each step of the forward pass (bench/profile.sh) for the int8 synthetic model with the
+# given kernels (empty: the default) and threads; the report shows it. It needs the build's
+# object files, so it is skipped with a note when they are missing.
+profile_int8() {
+    plen=$1 kernels=$2 t=$3
+    out="$PARTS/profile_${kernels:-default}_$t.txt"
+    log "profile $SYNTH_NAME int8, $t thread(s), kernels ${kernels:-default}"
+    # shellcheck disable=SC2086
+    if ! timeout "$STEP_TIMEOUT" nice -n "$BENCH_NICE" env ${kernels:+ZQ_KERNELS=$kernels} \
+        BUILD="$BUILD" PYTHON="$PYTHON" bench/profile.sh "$OUT/$SYNTH_NAME-int8.zq" \
+        --threads "$t" --prompt-len "$plen" --decode "$DECODE" --repeats 1 >"$out" 2>&1; then
+        log "profile failed (see $out); the report leaves it out"
+        rm -f "$out"
+    fi
+}
+
 for entry in $MODELS; do
     name=${entry%%:*} dir=${entry#*:}
     plen=$(prompt_len_for "$dir")
@@ -168,8 +184,15 @@ for entry in $MODELS; do
     done
     # The fastest kernels on a CPU with AVX-512 VNNI are not what an AVX2-only CPU runs, so
     # the int8 2-thread case is repeated with the AVX2 kernels forced.
-    if grep -qw avx512_vnni /proc/cpuinfo; then
+    vnni=""
+    grep -qw avx512_vnni /proc/cpuinfo && vnni=1
+    if [ -n "$vnni" ]; then
         zq_model "$name" int8 2 "$plen" ZQ_KERNELS=avx2
+    fi
+    if [ "$name" = "$SYNTH_NAME" ]; then
+        profile_int8 "$plen" "" 1
+        profile_int8 "$plen" "" 2
+        [ -n "$vnni" ] && profile_int8 "$plen" avx2 2
     fi
     for engine in fp32 int8; do
         for t in $THREADS; do
