@@ -198,7 +198,7 @@ def ratio(a, b):
 
 
 def target_rows(results, zq_int8):
-    """The target ratios for one zq int8 record; None where a record is missing."""
+    """Return the target ratios for one zq int8 record; None where a record is missing."""
     recs, model, t = results["records"], results["target_model"], TARGET_THREADS
     pt_fp32 = find(recs, model, "pytorch", "fp32", t)
     pt_int8 = find(recs, model, "pytorch", "int8", t)
@@ -230,7 +230,9 @@ def targets(results):
     for kernels in variants:
         zq_int8 = find(results["records"], model, "zq", "int8", t, kernels)
         for name, value, op, goal in target_rows(results, zq_int8):
-            passed = None if value is None else (value >= goal if op == ">=" else value <= goal)
+            passed = None
+            if value is not None:
+                passed = value >= goal if op == ">=" else value <= goal
             out.append({"target": name, "kernels": kernels, "value": value and round(value, 3),
                         "goal": f"{op} {goal}", "pass": passed})
     return out
@@ -269,7 +271,8 @@ def model_table(records, model):
 
 
 def kernel_tables(kernels):
-    """One table for M = 1 (weight GB/s) and one for M > 1 (GOPS); a column per kernel/type."""
+    """Build one table for M = 1 (weight GB/s) and one for M > 1 (GOPS), a column per
+    kernel and type."""
     out = []
     for m_is_one, metric, label in ((True, "weight_gb_s", "GB/s of weights read"),
                                     (False, "gops", "GOPS (2 M N K per second)")):
@@ -280,7 +283,7 @@ def kernel_tables(kernels):
         cols = sorted({(k["kernel"], k["type"]) for k in rows},
                       key=lambda c: (c[1] != "int8", c[1], order.get(c[0], len(order)), c[0]))
         keys = sorted({(k["threads"], k["matrix"], k["K"], k["N"], k["M"]) for k in rows},
-                      key=lambda x: (x[0], x[2] * x[3]))
+                      key=lambda x: (x[0], x[2] * x[3], x[2]))
         out += [f"M = {rows[0]['M']}: {label}, best of repeated calls through zq_linear.", "",
                 "| threads | matrix | K x N | " + " | ".join(f"{c[0]} {c[1]}" for c in cols)
                 + " |", "|" + "---|" * (3 + len(cols))]
@@ -306,7 +309,7 @@ PROFILE_GROUPS = (
 
 
 def profile_section(results):
-    """A table of microseconds per token for each part of the forward pass."""
+    """Build a table of microseconds per token for each part of the forward pass."""
     profiles = results.get("profile") or {}
     if not profiles:
         return []
@@ -338,7 +341,9 @@ def targets_section(results):
              "combinations.", "",
              "| target | kernels | measured | goal | result |", "|---|---|---|---|---|"]
     for t in results["targets"]:
-        verdict = "no data" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
+        verdict = "no data"
+        if t["pass"] is not None:
+            verdict = "PASS" if t["pass"] else "MISS"
         lines.append(f"| {t['target']} | {t['kernels']} | {fmt(t['value'], 2)} | {t['goal']} "
                      f"| {verdict} |")
     return lines

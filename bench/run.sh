@@ -4,12 +4,15 @@
 #
 # usage: bench/run.sh [--quick]
 #
-# Steps: write the synthetic gpt2-distil-shaped model if it is missing; quantize it and
-# models/zh-chat-tiny to f32, f16 and int8 .zq files; measure the memory read bandwidth on 1
-# and 2 threads; time the kernels; run `zq bench model --json` once per model, type and thread
-# count, each in its own process because peak RSS is per process; run the PyTorch fp32 and
-# int8 peers on the same Hugging Face folders with the same prompt length and decode count;
-# then bench/report.py collects the JSON lines into results.json and writes the report.
+# Steps:
+# - write the synthetic gpt2-distil-shaped model if it is missing;
+# - quantize it and models/zh-chat-tiny to f32, f16 and int8 .zq files;
+# - measure the memory read bandwidth on 1 and 2 threads, and time the kernels;
+# - run `zq bench model --json` per model, type and thread count, each in its own process
+#   because peak RSS is per process, and profile the int8 synthetic model (bench/profile.sh);
+# - run the PyTorch fp32 and int8 peers on the same Hugging Face folders with the same prompt
+#   length and decode count;
+# - collect the JSON lines into results.json and write the report (bench/report.py).
 #
 # --quick is a smoke run of every step with tiny sizes (a 2-layer, 128-wide synthetic model,
 # short prompts, one repeat); it writes into bench/out/quick/ and leaves the real results
@@ -123,9 +126,9 @@ for entry in $MODELS; do
 done
 
 # --- machine: bandwidth and kernels ---------------------------------------------------------
-# The bandwidth is measured at the start, between the models and at the end, each the best of
-# many passes, and the report takes the best: another job on a shared machine can hold a core
-# during a measurement, and 2-thread reads then ran at half speed.
+# The bandwidth is measured at the start and after each model, each the best of many passes,
+# and the report takes the best. Another job on a shared machine can take a core during a
+# measurement, and 2-thread reads then ran at half speed.
 measure_bandwidth() {
     for t in $THREADS; do
         log "read bandwidth, $t thread(s)"
@@ -143,7 +146,7 @@ done
 # --- end to end -------------------------------------------------------------------------------
 # Runs `zq bench model` for MODEL-TYPE.zq on THREADS threads, with extra environment settings
 # after the first three arguments. On more than one thread it runs a second process too, and
-# the report keeps the faster decode: while another job holds one of the two cores, every
+# the report keeps the faster decode. While another job runs on one of the two cores, every
 # OpenMP barrier waits for the descheduled thread, which can cut decoding five-fold.
 zq_model() {
     name=$1 type=$2 t=$3 plen=$4
@@ -159,8 +162,8 @@ zq_model() {
 }
 
 # Times each step of the forward pass (bench/profile.sh) for the int8 synthetic model with the
-# given kernels (empty: the default) and threads; the report shows it. It needs the build's
-# object files, so it is skipped with a note when they are missing.
+# given kernels (empty: the default) and threads, for the report. It needs the build's object
+# files, so without them it is skipped with a note.
 profile_int8() {
     plen=$1 kernels=$2 t=$3
     out="$PARTS/profile_${kernels:-default}_$t.txt"
