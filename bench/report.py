@@ -416,6 +416,10 @@ def markdown(results):
               "quantizing the activations; ref runs only where one call is short.", ""]
     lines += kernel_tables(results["kernels"])
     lines += ["![decode and prefill tokens/s](chart.png)", ""]
+    lines += ["## Server", "",
+              "Requests/s, tokens/s, latency and time to first token of `zq serve` at 1, 4 and 16 "
+              "concurrent clients, with batching on and off, are in "
+              "[SERVE_RESULTS.md](SERVE_RESULTS.md) (bench/serve_bench.sh).", ""]
     return "\n".join(lines)
 
 
