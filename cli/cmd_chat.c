@@ -1,6 +1,6 @@
 /*
  * cmd_chat.c - `zq chat`: an interactive chat loop. Each input line is one user turn, so it
- * works the same on a terminal and with piped input; replies stream to stdout, one per line.
+ * works the same on a terminal and with piped input. Replies stream to stdout, one per line.
  */
 #include "../runtime/filter.h"
 #include "commands.h"

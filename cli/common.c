@@ -95,7 +95,13 @@ static int utf8_sequence(const unsigned char *s)
 {
     if (s[0] < 0x80)
         return 1;
-    const int n = s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
+    int n = 0; /* 0x80..0xC1 and 0xF5..0xFF never start a sequence */
+    if (s[0] >= 0xF0 && s[0] <= 0xF4)
+        n = 4;
+    else if (s[0] >= 0xE0 && s[0] < 0xF0)
+        n = 3;
+    else if (s[0] >= 0xC2 && s[0] < 0xE0)
+        n = 2;
     for (int i = 1; i < n; i++)
         if ((s[i] & 0xC0) != 0x80)
             return 0;
@@ -145,7 +151,10 @@ zq_model *cli_load_model(const char *cmd, const char *path, int n_threads)
 void cli_set_verbosity(int verbosity)
 {
     int level = ZQ_LOG_WARN + verbosity;
-    level = level < ZQ_LOG_ERROR ? ZQ_LOG_ERROR : level > ZQ_LOG_TRACE ? ZQ_LOG_TRACE : level;
+    if (level < ZQ_LOG_ERROR)
+        level = ZQ_LOG_ERROR;
+    if (level > ZQ_LOG_TRACE)
+        level = ZQ_LOG_TRACE;
     zq_log_set_level((zq_log_level)level);
 }
 

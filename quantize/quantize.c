@@ -48,7 +48,11 @@ void zq_quantize_q8(const float *w, int rows, int cols, int group, int8_t *q, fl
             for (int i = 0; i < glen; i++) {
                 /* |src| <= max, so the rounded value is within [-127, 127]; -128 never occurs. */
                 long v = lroundf(src[i] * inv);
-                dst[i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+                if (v > 127)
+                    v = 127;
+                if (v < -127)
+                    v = -127;
+                dst[i] = (int8_t)v;
             }
             scales[(size_t)r * groups + g] = scale;
         }

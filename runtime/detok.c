@@ -55,7 +55,13 @@ static int incomplete_tail(const char *s, size_t n)
         const unsigned char c = (unsigned char)s[n - back];
         if ((c & 0xC0) == 0x80)
             continue; /* continuation byte: keep looking for the lead */
-        const int need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        int need = 1;
+        if (c >= 0xF0)
+            need = 4;
+        else if (c >= 0xE0)
+            need = 3;
+        else if (c >= 0xC0)
+            need = 2;
         return need > back ? back : 0;
     }
     return 0;

@@ -1,7 +1,7 @@
 /*
  * model_load.c - builds a zq_model from a .zq file: checks that every tensor the GPT-2 graph
  * needs is present with the right shape and type (layout in model.h), then points the model's
- * weights into the file's arena, so a loaded model holds each tensor once.
+ * weights into the file's arena, so a loaded model keeps one copy of each tensor.
  */
 #include "internal.h"
 #include "model.h"

@@ -79,7 +79,7 @@ typedef struct {
     int32_t n_embd;
     int32_t n_layer;
     int32_t n_head;
-    int32_t n_inner; /* MLP width, 4 * n_embd when the checkpoint says null */
+    int32_t n_inner; /* MLP width; 4 * n_embd when config.json gives null */
     float ln_eps;
     zq_activation activation;
 } zq_hparams;
@@ -215,7 +215,7 @@ void zq_sampler_free(zq_sampler *sampler);
 
 /* Picks the next token. logits [n_vocab] is used as scratch and changed. Entries set to
  * -INFINITY are never picked; NaN entries count as -INFINITY. If every entry is masked it
- * returns -1. history holds the ids the repetition penalty considers. */
+ * returns -1. history contains the ids the repetition penalty looks at. */
 int32_t zq_sampler_sample(zq_sampler *sampler, float *logits, const int32_t *history,
                           int n_history);
 
