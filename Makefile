@@ -134,4 +134,4 @@ format:
 clean:
 	rm -rf $(BUILD) build-san
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(TEST_SRC:%.c=$(BUILD)/obj/%.d)

@@ -32,6 +32,7 @@ typedef struct {
     int decode;
     int repeats;
     uint64_t seed;
+    zq_kv_type kv_type;
     bool json;
 } model_options;
 
@@ -64,6 +65,8 @@ static void help(void)
            "  -m, --model FILE    the .zq model (default: the embedded zh-chat-tiny)\n"
            "  --name NAME         model label in the output (default: the file name)\n"
            "  --threads N         threads (default: the number of physical cores)\n"
+           "  --kv-type T         KV cache: auto (f32 for f32 weights, else f16), f32 or f16\n"
+           "                      (default auto)\n"
            "  --prompt-len N      prompt tokens (default 512)\n"
            "  --decode N          tokens decoded after the first one (default 128)\n"
            "  --repeats N         timed runs after a warm-up; medians are reported (default 3)\n"
@@ -97,6 +100,8 @@ static int parse_option(int c, const char *arg, model_options *o)
     case 'j':
         o->json = true;
         return 0;
+    case 'k':
+        return cli_parse_kv_type(CMD, arg, &o->kv_type) ? 0 : -1;
     }
     return -1;
 }
@@ -109,7 +114,8 @@ static int parse_args(int argc, char **argv, model_options *o)
         {"threads", required_argument, 0, 't'},    {"prompt-len", required_argument, 0, 'p'},
         {"decode", required_argument, 0, 'd'},     {"repeats", required_argument, 0, 'r'},
         {"seed", required_argument, 0, 's'},       {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0},
+        {"kv-type", required_argument, 0, 'k'},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     *o = (model_options){.prompt_len = 512, .decode = 128, .repeats = 3, .seed = 1};
     int c;
@@ -271,14 +277,15 @@ static void add_runs(cJSON *rec, const run_times *runs, const model_options *o,
     }
 }
 
-/* Returns the MB of f32 keys and values that one decoding step reads on average: every layer's
+/* Returns the MB of keys and values that one decoding step reads on average: every layer's
  * cache up to the step's position, over positions prompt_len .. prompt_len + decode - 1. */
 static double kv_mb_per_token(const bench_session *s, const model_options *o,
                               const model_result *r)
 {
     const zq_hparams *hp = zq_model_hparams(s->model);
     const double mean_positions = r->prompt_len + (o->decode + 1) / 2.0;
-    return 2.0 * hp->n_layer * mean_positions * hp->n_embd * sizeof(float) / 1e6;
+    const double elem = zq_context_kv_type(s->ctx) == ZQ_KV_F16 ? 2 : 4;
+    return 2.0 * hp->n_layer * mean_positions * hp->n_embd * elem / 1e6;
 }
 
 static void print_json(const bench_session *s, const model_options *o, const run_times *runs,
@@ -304,6 +311,7 @@ static void print_json(const bench_session *s, const model_options *o, const run
     cJSON_AddNumberToObject(rec, "weights_mb_per_token",
                             cli_bench_round(r->weights_mb_per_token, 3));
     cJSON_AddNumberToObject(rec, "kv_mb_per_token", cli_bench_round(kv_mb_per_token(s, o, r), 3));
+    cJSON_AddStringToObject(rec, "kv_type", zq_kv_type_name(zq_context_kv_type(s->ctx)));
     cJSON_AddStringToObject(rec, "kernels", s->model->kernels->name);
     cJSON *first = cJSON_AddArrayToObject(rec, "first_tokens");
     const int n_first = o->decode + 1 < 8 ? o->decode + 1 : 8;
@@ -323,6 +331,7 @@ static void print_text(const bench_session *s, const model_options *o, const mod
     printf("prefill:  %.1f tokens/s (%d-token prompt)\n", r->prefill_tok_s, r->prompt_len);
     printf("ttft:     %.2f ms\n", r->ttft_ms);
     printf("decode:   %.2f tokens/s (%d tokens, greedy)\n", r->decode_tok_s, o->decode);
+    printf("KV cache: %s\n", zq_kv_type_name(zq_context_kv_type(s->ctx)));
     printf("peak RSS: %.1f MiB\n", r->peak_rss_mb);
     printf("weights read per token: %.2f MB; speeds are medians of %d runs\n",
            r->weights_mb_per_token, o->repeats);
@@ -355,7 +364,11 @@ static zq_status open_session(bench_session *s, const model_options *o, int prom
     /* The KV cache gets the positions the run needs, as an application that knows its limits
      * would size it; by default it grows by doubling up to the model's n_ctx. */
     const zq_context_params cp = {
-        .n_ctx = prompt_len + o->decode, .n_threads = o->threads, .n_batch = prompt_len};
+        .n_ctx = prompt_len + o->decode,
+        .n_threads = o->threads,
+        .n_batch = prompt_len,
+        .kv_type = o->kv_type,
+    };
     ZQ_TRY(zq_context_create(s->model, &cp, &s->ctx));
     zq_sampler_params sp;
     zq_sampler_params_default(&sp);

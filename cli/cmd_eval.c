@@ -42,6 +42,8 @@ static void help(void)
         "  --per-layer         compare each layer's hidden states with the reference's\n"
         "  --json              print JSON instead of the table\n"
         "  --threads N         threads, default the number of physical cores\n"
+        "  --kv-type T         KV cache of every model: auto (f32 for f32 weights, else f16),\n"
+        "                      f32 or f16 (default auto)\n"
         "  -q, --quiet         no progress bar\n"
         "  -h, --help          show this help\n",
         MAX_MODELS, ZQ_EVAL_DEFAULT_WINDOW);
@@ -105,6 +107,8 @@ static int parse_option(int c, options *o)
             return ZQ_EXIT_USAGE;
         o->p.n_threads = (int)v;
         return ZQ_EXIT_OK;
+    case 'k':
+        return cli_parse_kv_type(CMD, optarg, &o->p.kv_type) ? ZQ_EXIT_OK : ZQ_EXIT_USAGE;
     case 'n':
         if (!cli_parse_int(CMD, "max-tokens", optarg, 2, 1 << 30, &v))
             return ZQ_EXIT_USAGE;
@@ -123,7 +127,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"window", required_argument, 0, 'w'}, {"stride", required_argument, 0, 's'},
         {"per-layer", no_argument, 0, 'l'},    {"json", no_argument, 0, 'j'},
         {"threads", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
-        {"max-tokens", required_argument, 0, 'n'},
+        {"max-tokens", required_argument, 0, 'n'}, {"kv-type", required_argument, 0, 'k'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c;

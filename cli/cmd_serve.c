@@ -230,6 +230,7 @@ static int parse_args(int argc, char **argv, zq_serve_config *cfg, const char **
     cfg->limits.sampling = gen.sampling;
     cfg->limits.default_max_new_tokens = gen.max_new_tokens;
     cfg->threads = gen.n_threads;
+    cfg->kv_type = gen.kv_type;
     cfg->history = gen.max_exchanges;
     if (no_batching)
         cfg->parallel = 1;

@@ -55,6 +55,7 @@ enum {
     CLI_OPT_MAX_NEW,
     CLI_OPT_THREADS,
     CLI_OPT_HISTORY,
+    CLI_OPT_KV_TYPE,
     CLI_OPT_FIRST_FREE, /* commands number their own options from here */
 };
 
@@ -65,7 +66,8 @@ enum {
         {"top-p", required_argument, 0, CLI_OPT_TOP_P},                                            \
         {"repetition-penalty", required_argument, 0, CLI_OPT_PENALTY},                             \
         {"max-new-tokens", required_argument, 0, CLI_OPT_MAX_NEW},                                 \
-        {"threads", required_argument, 0, CLI_OPT_THREADS}
+        {"threads", required_argument, 0, CLI_OPT_THREADS},                                        \
+        {"kv-type", required_argument, 0, CLI_OPT_KV_TYPE}
 
 #define CLI_GEN_HELP                                                                               \
     "  --seed N                 random seed for sampling (default 0)\n"                            \
@@ -75,7 +77,15 @@ enum {
     "                           (default 0.95)\n"                                                  \
     "  --repetition-penalty R   divide the logits of recent tokens by R, 1 = off (default 1.1)\n" \
     "  --max-new-tokens N       maximum reply length in tokens (default 64)\n"                    \
-    "  --threads N              threads, default the number of physical cores\n"
+    "  --threads N              threads, default the number of physical cores\n"                \
+    CLI_KV_TYPE_HELP
+
+#define CLI_KV_TYPE_HELP                                                                           \
+    "  --kv-type auto|f32|f16   element type of the KV cache; auto = f32 for f32 weights, else\n" \
+    "                           f16 (default auto)\n"
+
+/* Parses a --kv-type value into *out; prints the error and returns false if invalid. */
+bool cli_parse_kv_type(const char *cmd, const char *arg, zq_kv_type *out);
 
 /* Applies one of the shared generation options to p. Returns 1 if opt was one of them, 0 if
  * not, -1 on an invalid value (already printed). */

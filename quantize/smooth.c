@@ -79,7 +79,7 @@ zq_status zq_smooth_calibrate(const zq_model *model, const int32_t *ids, int n_i
     if (!out->attn_in || !out->fc_in || !no_logits)
         st = zq_fail(ZQ_ERR_NOMEM, "calibration: out of memory");
     if (st == ZQ_OK)
-        st = zq_kv_init(&kv, hp, window);
+        st = zq_kv_init(&kv, hp, window, ZQ_KV_F32); /* the source model, exactly */
     if (st == ZQ_OK)
         st = zq_kv_reserve(&kv, window);
     if (st == ZQ_OK)

@@ -50,7 +50,8 @@ zq_status zq_chat_create(const zq_model *model, const zq_chat_params *params, zq
     c->model = model;
     c->params = *params;
     const int n_ctx = model->hp.n_ctx;
-    const zq_context_params cp = {.n_ctx = n_ctx, .n_threads = params->n_threads};
+    const zq_context_params cp = {
+        .n_ctx = n_ctx, .n_threads = params->n_threads, .kv_type = params->kv_type};
     zq_status st = zq_context_create(model, &cp, &c->ctx);
     if (st == ZQ_OK)
         st = zq_sampler_create(&params->sampling, model->hp.n_vocab, &c->sampler);

@@ -57,6 +57,8 @@ zq_status zq_context_create(const zq_model *model, const zq_context_params *para
                        n_ctx, hp->n_ctx);
     if (n_batch > n_ctx)
         n_batch = n_ctx;
+    if (params && (params->kv_type < ZQ_KV_AUTO || params->kv_type > ZQ_KV_F16))
+        return zq_fail(ZQ_ERR_INVALID_ARG, "unknown KV cache type %d", (int)params->kv_type);
 
     zq_context *c = calloc(1, sizeof *c);
     if (!c)
@@ -65,7 +67,8 @@ zq_status zq_context_create(const zq_model *model, const zq_context_params *para
     c->n_ctx = n_ctx;
     c->n_threads = zq_resolve_threads(params ? params->n_threads : 0);
 
-    zq_status st = zq_kv_init(&c->kv, hp, n_ctx);
+    const zq_kv_type kv_type = zq_kv_resolve(params ? params->kv_type : ZQ_KV_AUTO, model->type);
+    zq_status st = zq_kv_init(&c->kv, hp, n_ctx, kv_type);
     if (st == ZQ_OK)
         st = zq_workspace_init(&c->ws, hp, n_batch, max_threads(c->n_threads));
     if (st == ZQ_OK)
@@ -181,6 +184,37 @@ int zq_context_pos(const zq_context *ctx)
 int zq_context_size(const zq_context *ctx)
 {
     return ctx->n_ctx;
+}
+
+zq_kv_type zq_context_kv_type(const zq_context *ctx)
+{
+    return ctx->kv.type;
+}
+
+const char *zq_kv_type_name(zq_kv_type type)
+{
+    switch (type) {
+    case ZQ_KV_AUTO:
+        return "auto";
+    case ZQ_KV_F32:
+        return "f32";
+    case ZQ_KV_F16:
+        return "f16";
+    }
+    return "unknown";
+}
+
+zq_status zq_kv_type_parse(const char *name, zq_kv_type *out)
+{
+    static const zq_kv_type types[] = {ZQ_KV_AUTO, ZQ_KV_F32, ZQ_KV_F16};
+    for (size_t i = 0; name && out && i < sizeof types / sizeof types[0]; i++) {
+        if (strcmp(name, zq_kv_type_name(types[i])) == 0) {
+            *out = types[i];
+            return ZQ_OK;
+        }
+    }
+    return zq_fail(ZQ_ERR_INVALID_ARG, "unknown KV cache type '%s' (expected auto, f32 or f16)",
+                   name ? name : "(null)");
 }
 
 void zq_context_truncate(zq_context *ctx, int pos)

@@ -286,8 +286,8 @@ static zq_status run_init(run_state *s, long long scored, const zq_eval_params *
     if (!s->ctxs || !s->accs || !s->ref_logits || !s->logits || !s->ref_lse)
         return zq_fail(ZQ_ERR_NOMEM, "out of memory for two windows of %d x %d logits",
                        s->window, s->n_vocab);
-    const zq_context_params cp = {.n_ctx = s->window, .n_threads = p->n_threads,
-                                  .n_batch = s->window};
+    const zq_context_params cp = {
+        .n_ctx = s->window, .n_threads = p->n_threads, .n_batch = s->window, .kv_type = p->kv_type};
     for (int i = 0; i < s->n_models; i++) {
         ZQ_TRY(zq_context_create(s->models[i], &cp, &s->ctxs[i]));
         ZQ_TRY(zq_eval_acc_init(&s->accs[i], scored));

@@ -117,6 +117,7 @@ typedef struct {
     int stride;       /* 0 = window */
     bool per_layer;   /* compare each layer's hidden states with the reference's */
     int n_threads;    /* 0 = physical cores */
+    zq_kv_type kv_type; /* of every model's cache; 0 = ZQ_KV_AUTO, each model's own default */
     /* Called after each window (done of total); may be NULL. */
     void (*progress)(int done, int total, void *user);
     void *progress_user;

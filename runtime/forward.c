@@ -177,15 +177,45 @@ static void embed(const zq_model *m, const int32_t *ids, const int *pos, int n, 
     }
 }
 
-/* Copies each row's k and v (from qkv) into its cache at its position. */
-static void store_kv(zq_kv *const *kvs, const int *pos, const float *qkv, int n, int layer,
-                     int d)
+/* Copies each row's k and v (from qkv) into its cache at its position, rounding them to half
+ * for an f16 cache. */
+static void store_kv(const zq_kernels *k, zq_kv *const *kvs, const int *pos, const float *qkv,
+                     int n, int layer, int d)
 {
     for (int r = 0; r < n; r++) {
         const float *src = qkv + (size_t)r * 3 * d;
-        memcpy(kvs[r]->k[layer] + (size_t)pos[r] * d, src + d, (size_t)d * sizeof(float));
-        memcpy(kvs[r]->v[layer] + (size_t)pos[r] * d, src + 2 * d, (size_t)d * sizeof(float));
+        const size_t at = (size_t)pos[r] * d;
+        if (kvs[r]->type == ZQ_KV_F16) {
+            k->f32_to_f16(src + d, (uint16_t *)kvs[r]->k[layer] + at, (size_t)d);
+            k->f32_to_f16(src + 2 * d, (uint16_t *)kvs[r]->v[layer] + at, (size_t)d);
+        } else {
+            memcpy((float *)kvs[r]->k[layer] + at, src + d, (size_t)d * sizeof(float));
+            memcpy((float *)kvs[r]->v[layer] + at, src + 2 * d, (size_t)d * sizeof(float));
+        }
     }
+}
+
+/* Returns the scratch of the calling thread for f32 copies of f16 cache rows. */
+static float *thread_kv_rows(const zq_model *m, const zq_workspace *ws)
+{
+#ifdef ZQ_USE_OPENMP
+    return ws->kv_rows + (size_t)omp_get_thread_num() * zq_kv_row_scratch(&m->hp);
+#else
+    (void)m;
+    return ws->kv_rows;
+#endif
+}
+
+/* Returns row t of a layer's keys or values (base) as f32: in place for an f32 cache, else
+ * converted into buf, which is exact, so both caches run the same arithmetic afterwards. */
+static const float *kv_row(const zq_kernels *k, const zq_kv *kv, const void *base, int t,
+                           float *buf)
+{
+    const size_t d = (size_t)kv->n_embd;
+    if (kv->type == ZQ_KV_F32)
+        return (const float *)base + (size_t)t * d;
+    k->f16_to_f32((const uint16_t *)base + (size_t)t * d, buf, d);
+    return buf;
 }
 
 /* Sets out [hd] to the sum over t < T of p[t] * values[t * d]. Four positions are added per
@@ -242,62 +272,70 @@ VECTOR_CLONES static void softmax_window(float *scores, int n, float scale)
 
 /* Causal attention of one head for rows of one sequence at consecutive positions pos0,
  * pos0 + 1, ... The scores of all rows are one rows x (pos0 + rows) product with the head's
- * keys (rows d floats apart in the cache), of which row i uses the first pos0 + i + 1. */
-static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const zq_kv *kv,
-                        int layer, int pos0, int rows, int head, int hd, int d, float *scores,
-                        float *out, size_t ldo)
+ * keys (rows d elements apart in the cache), of which row i uses the first pos0 + i + 1. An
+ * f16 cache is first converted into buf [2][pos0 + rows][hd], so that both cache types run the
+ * same arithmetic as the decode path (attend_single) afterwards. */
+static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const zq_kv *kv, int layer,
+                        int pos0, int rows, int head, int hd, float *scores, float *buf, float *out,
+                        size_t ldo)
 {
     const float scale = 1.0f / sqrtf((float)hd);
-    const float *keys = kv->k[layer] + (size_t)head * hd;
-    const float *values = kv->v[layer] + (size_t)head * hd;
+    const size_t d = (size_t)kv->n_embd, first = (size_t)head * hd;
     const int T = pos0 + rows;
+    const float *keys, *values;
+    size_t ld = d;
 
-    k->gemm_f32(rows, T, hd, q, ldq, keys, (size_t)d, scores, (size_t)T);
+    if (kv->type == ZQ_KV_F16) {
+        const uint16_t *k16 = (const uint16_t *)kv->k[layer] + first;
+        const uint16_t *v16 = (const uint16_t *)kv->v[layer] + first;
+        float *kbuf = buf, *vbuf = buf + (size_t)T * hd;
+        for (int t = 0; t < T; t++) {
+            k->f16_to_f32(k16 + (size_t)t * d, kbuf + (size_t)t * hd, (size_t)hd);
+            k->f16_to_f32(v16 + (size_t)t * d, vbuf + (size_t)t * hd, (size_t)hd);
+        }
+        keys = kbuf;
+        values = vbuf;
+        ld = (size_t)hd;
+    } else {
+        keys = (const float *)kv->k[layer] + first;
+        values = (const float *)kv->v[layer] + first;
+    }
+    k->gemm_f32(rows, T, hd, q, ldq, keys, ld, scores, (size_t)T);
     for (int i = 0; i < rows; i++) {
         float *row = scores + (size_t)i * T;
         softmax_window(row, pos0 + i + 1, scale);
-        weighted_sum(row, values, pos0 + i + 1, hd, d, out + (size_t)i * ldo);
+        weighted_sum(row, values, pos0 + i + 1, hd, (int)ld, out + (size_t)i * ldo);
     }
 }
 
-/* Sets scores[h * T + t] to q_h . k_t for every head h and the positions t in [t0, t1). Each
- * key row is read whole, all heads at once, which streams the cache from memory; the products
+/* Sets scores[h * T + t] to q_h . key_h for every head h, key being cache row t. The products
  * are summed in eight lanes and a fixed tree. */
-VECTOR_CLONES static void score_positions(const float *q, const float *keys, int t0, int t1,
-                                          int heads, int hd, int T, float *scores)
+VECTOR_CLONES static void score_position(const float *q, const float *key, int t, int heads, int hd,
+                                         int T, float *scores)
 {
-    const int d = heads * hd;
-    for (int t = t0; t < t1; t++) {
-        const float *key = keys + (size_t)t * d;
-        for (int h = 0; h < heads; h++) {
-            float lanes[8] = {0};
-            for (int j = 0; j + 8 <= hd; j += 8)
-                for (int l = 0; l < 8; l++)
-                    lanes[l] += q[h * hd + j + l] * key[h * hd + j + l];
-            for (int j = hd / 8 * 8; j < hd; j++)
-                lanes[j % 8] += q[h * hd + j] * key[h * hd + j];
-            scores[(size_t)h * T + t] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-                                        ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-        }
+    for (int h = 0; h < heads; h++) {
+        float lanes[8] = {0};
+        for (int j = 0; j + 8 <= hd; j += 8)
+            for (int l = 0; l < 8; l++)
+                lanes[l] += q[h * hd + j + l] * key[h * hd + j + l];
+        for (int j = hd / 8 * 8; j < hd; j++)
+            lanes[j % 8] += q[h * hd + j] * key[h * hd + j];
+        scores[(size_t)h * T + t] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                                    ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
     }
 }
 
-/* Sets partial [d] to the sum over t in [t0, t1) of weight[h][t] * v_t for every head h. */
-VECTOR_CLONES static void weigh_positions(const float *weights, const float *values, int t0,
-                                          int t1, int heads, int hd, int T, float *partial)
+/* Adds weight[h][t] * value_h to partial [d] for every head h, value being cache row t. */
+VECTOR_CLONES static void weigh_position(const float *weights, const float *value, int t, int heads,
+                                         int hd, int T, float *partial)
 {
-    const int d = heads * hd;
-    memset(partial, 0, (size_t)d * sizeof(float));
-    for (int t = t0; t < t1; t++) {
-        const float *value = values + (size_t)t * d;
-        for (int h = 0; h < heads; h++) {
-            const float w = weights[(size_t)h * T + t];
-            float *out = partial + h * hd;
-            const float *v = value + h * hd;
-            SIMD_LOOP
-            for (int j = 0; j < hd; j++)
-                out[j] += w * v[j];
-        }
+    for (int h = 0; h < heads; h++) {
+        const float w = weights[(size_t)h * T + t];
+        float *out = partial + h * hd;
+        const float *v = value + h * hd;
+        SIMD_LOOP
+        for (int j = 0; j < hd; j++)
+            out[j] += w * v[j];
     }
 }
 
@@ -305,26 +343,31 @@ VECTOR_CLONES static void weigh_positions(const float *weights, const float *val
  * once, so every pass over the cache reads whole rows. Reading one head's 64-float slice of
  * each row instead ran at half the memory bandwidth. The positions are split into chunks of
  * ZQ_ATT_CHUNK whose partial outputs are added in chunk order, so the result does not depend
- * on the thread count. scratch holds the weights [heads][T], then the partials [chunks][d]. */
-static void attend_single(const zq_model *m, const float *q, const zq_kv *kv, int layer, int pos,
-                          float *scratch, float *out, int n_threads)
+ * on the thread count. The scores scratch holds the weights [heads][T], then the partials
+ * [chunks][d]. */
+static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, int layer, int pos,
+                          int n_threads)
 {
+    const zq_kernels *k = m->kernels;
     const int d = m->hp.n_embd;
     const int heads = m->hp.n_head;
     const int hd = d / heads;
     const float scale = 1.0f / sqrtf((float)hd);
     const int T = pos + 1;
     const int chunks = (T + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
-    float *weights = scratch;
-    float *partial = scratch + (size_t)heads * T;
-    const float *keys = kv->k[layer], *values = kv->v[layer];
+    const float *q = ws->qkv;
+    float *out = ws->att;
+    float *weights = ws->scores;
+    float *partial = ws->scores + (size_t)heads * T;
 
 #pragma omp parallel num_threads(n_threads) if (chunks > 1)
     {
+        float *buf = thread_kv_rows(m, ws);
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
             const int t1 = (c + 1) * ZQ_ATT_CHUNK < T ? (c + 1) * ZQ_ATT_CHUNK : T;
-            score_positions(q, keys, c * ZQ_ATT_CHUNK, t1, heads, hd, T, weights);
+            for (int t = c * ZQ_ATT_CHUNK; t < t1; t++)
+                score_position(q, kv_row(k, kv, kv->k[layer], t, buf), t, heads, hd, T, weights);
         }
 #pragma omp for schedule(static)
         for (int h = 0; h < heads; h++)
@@ -332,8 +375,10 @@ static void attend_single(const zq_model *m, const float *q, const zq_kv *kv, in
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
             const int t1 = (c + 1) * ZQ_ATT_CHUNK < T ? (c + 1) * ZQ_ATT_CHUNK : T;
-            weigh_positions(weights, values, c * ZQ_ATT_CHUNK, t1, heads, hd, T,
-                            partial + (size_t)c * d);
+            float *sum = partial + (size_t)c * d;
+            memset(sum, 0, (size_t)d * sizeof(float));
+            for (int t = c * ZQ_ATT_CHUNK; t < t1; t++)
+                weigh_position(weights, kv_row(k, kv, kv->v[layer], t, buf), t, heads, hd, T, sum);
         }
 #pragma omp for schedule(static)
         for (int j = 0; j < d; j++) {
@@ -369,7 +414,7 @@ static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, co
     if (n_threads > ws->score_threads)
         n_threads = ws->score_threads;
     if (n == 1) {
-        attend_single(m, ws->qkv, kvs[0], layer, pos[0], ws->scores, ws->att, n_threads);
+        attend_single(m, ws, kvs[0], layer, pos[0], n_threads);
         return;
     }
 
@@ -384,12 +429,13 @@ static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, co
 #else
         float *scores = ws->scores;
 #endif
+        float *buf = thread_kv_rows(m, ws);
         for (int r = first; r < end;) {
             const int rows = run_length(kvs, pos, r, end - r);
             const float *q = ws->qkv + (size_t)r * 3 * d + (size_t)h * hd;
             float *out = ws->att + (size_t)r * d + (size_t)h * hd;
-            attend_rows(m->kernels, q, (size_t)3 * d, kvs[r], layer, pos[r], rows, h, hd, d,
-                        scores, out, (size_t)d);
+            attend_rows(m->kernels, q, (size_t)3 * d, kvs[r], layer, pos[r], rows, h, hd, scores,
+                        buf, out, (size_t)d);
             r += rows;
         }
     }
@@ -409,7 +455,7 @@ static void block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const 
     if (norm_fn)
         norm_fn(layer, 0, ws->h, n, d, hooks->norm_user);
     zq_linear(k, &L->attn, L->attn_b, ws->h, n, ws->qkv, &ws->lin, n_threads);
-    store_kv(kvs, pos, ws->qkv, n, layer, d);
+    store_kv(k, kvs, pos, ws->qkv, n, layer, d);
     attention(m, ws, kvs, pos, n, layer, n_threads);
     zq_linear(k, &L->proj, L->proj_b, ws->att, n, ws->h, &ws->lin, n_threads);
     add_rows(ws->x, ws->h, (size_t)n * d);

@@ -35,6 +35,12 @@ typedef struct {
 
     float (*dot_f32)(const float *a, const float *b, int n);
     void (*axpy_f32)(float alpha, const float *x, float *y, int n); /* y += alpha * x */
+
+    /* Conversions between f32 and IEEE half (the f16 KV cache). f32 to f16 rounds to nearest
+     * even; NaN stays NaN with the quiet bit set, as the F16C and NEON instructions do, so every
+     * table gives the same bits. */
+    void (*f32_to_f16)(const float *x, uint16_t *y, size_t n);
+    void (*f16_to_f32)(const uint16_t *x, float *y, size_t n);
 } zq_kernels;
 
 const zq_kernels *zq_kernels_ref(void);

@@ -15,6 +15,7 @@
  * it. Every element is reduced in the same order whatever tile it falls in, so a float result
  * does not depend on M, N or how a caller splits the matrix.
  */
+#include "internal.h"
 #include "kernels_impl.h"
 
 #include <immintrin.h>
@@ -342,6 +343,26 @@ static void axpy_f32_avx2(float alpha, const float *x, float *y, int n)
         y[i] += alpha * x[i];
 }
 
+static void f32_to_f16_avx2(const float *x, uint16_t *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128((__m128i *)(y + i), h);
+    }
+    for (; i < n; i++)
+        y[i] = zq_f32_to_f16(x[i]);
+}
+
+static void f16_to_f32_avx2(const uint16_t *x, float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++)
+        y[i] = zq_f16_to_f32(x[i]);
+}
+
 const zq_kernels zq_kernels_avx2_table = {
     .name = "avx2",
     .gemm_s8 = gemm_s8_avx2,
@@ -350,4 +371,6 @@ const zq_kernels zq_kernels_avx2_table = {
     .quantize_row_s8 = quantize_row_s8_avx2,
     .dot_f32 = dot_f32_avx2,
     .axpy_f32 = axpy_f32_avx2,
+    .f32_to_f16 = f32_to_f16_avx2,
+    .f16_to_f32 = f16_to_f32_avx2,
 };

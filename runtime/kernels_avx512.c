@@ -304,6 +304,24 @@ static void axpy_f32_avx512(float alpha, const float *x, float *y, int n)
     }
 }
 
+static void f32_to_f16_avx512(const float *x, uint16_t *y, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 mask = tail_mask16((int)(n - i < 16 ? n - i : 16));
+        const __m256i h =
+            _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mask, x + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_mask_storeu_epi16(y + i, mask, h);
+    }
+}
+
+static void f16_to_f32_avx512(const uint16_t *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 mask = tail_mask16((int)(n - i < 16 ? n - i : 16));
+        _mm512_mask_storeu_ps(y + i, mask, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, x + i)));
+    }
+}
+
 const zq_kernels zq_kernels_avx512_table = {
     .name = "avx512vnni",
     .gemm_s8 = gemm_s8_avx512,
@@ -312,4 +330,6 @@ const zq_kernels zq_kernels_avx512_table = {
     .quantize_row_s8 = quantize_row_s8_avx512,
     .dot_f32 = dot_f32_avx512,
     .axpy_f32 = axpy_f32_avx512,
+    .f32_to_f16 = f32_to_f16_avx512,
+    .f16_to_f32 = f16_to_f32_avx512,
 };

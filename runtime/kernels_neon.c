@@ -12,6 +12,7 @@
  * NOTE: compiled with clang --target=aarch64-linux-gnu but never run on AArch64 hardware;
  * test_kernels checks it against the reference on the first aarch64 machine it runs on.
  */
+#include "internal.h"
 #include "kernels_impl.h"
 
 #include <arm_neon.h>
@@ -292,6 +293,24 @@ static void axpy_f32_neon(float alpha, const float *x, float *y, int n)
         y[i] += alpha * x[i];
 }
 
+static void f32_to_f16_neon(const float *x, uint16_t *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++)
+        y[i] = zq_f32_to_f16(x[i]);
+}
+
+static void f16_to_f32_neon(const uint16_t *x, float *y, size_t n)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+    for (; i < n; i++)
+        y[i] = zq_f16_to_f32(x[i]);
+}
+
 const zq_kernels zq_kernels_neondot_table = {
     .name = "neondot",
     .gemm_s8 = gemm_s8_neondot,
@@ -300,6 +319,8 @@ const zq_kernels zq_kernels_neondot_table = {
     .quantize_row_s8 = quantize_row_s8_neon,
     .dot_f32 = dot_f32_neon,
     .axpy_f32 = axpy_f32_neon,
+    .f32_to_f16 = f32_to_f16_neon,
+    .f16_to_f32 = f16_to_f32_neon,
 };
 
 const zq_kernels zq_kernels_neon_table = {
@@ -310,4 +331,6 @@ const zq_kernels zq_kernels_neon_table = {
     .quantize_row_s8 = quantize_row_s8_neon,
     .dot_f32 = dot_f32_neon,
     .axpy_f32 = axpy_f32_neon,
+    .f32_to_f16 = f32_to_f16_neon,
+    .f16_to_f32 = f16_to_f32_neon,
 };

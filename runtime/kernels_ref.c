@@ -79,6 +79,18 @@ static void axpy_f32_ref(float alpha, const float *x, float *y, int n)
         y[i] += alpha * x[i];
 }
 
+static void f32_to_f16_ref(const float *x, uint16_t *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = zq_f32_to_f16(x[i]);
+}
+
+static void f16_to_f32_ref(const uint16_t *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = zq_f16_to_f32(x[i]);
+}
+
 const zq_kernels zq_kernels_ref_table = {
     .name = "ref",
     .gemm_s8 = gemm_s8_ref,
@@ -87,4 +99,6 @@ const zq_kernels zq_kernels_ref_table = {
     .quantize_row_s8 = quantize_row_s8_ref,
     .dot_f32 = dot_f32_ref,
     .axpy_f32 = axpy_f32_ref,
+    .f32_to_f16 = f32_to_f16_ref,
+    .f16_to_f32 = f16_to_f32_ref,
 };

@@ -53,18 +53,23 @@ struct zq_model {
     char desc[192];
 };
 
-/* KV cache of one sequence: per layer, keys and values [cap][n_embd], grown on demand up to
- * max positions so memory follows the context actually used. */
+/* KV cache of one sequence: per layer, keys and values [cap][n_embd] of f32 or IEEE half
+ * (type), grown on demand up to max positions so memory follows the context actually used. */
 typedef struct {
-    float **k; /* [n_layer] */
-    float **v; /* [n_layer] */
+    void **k;        /* [n_layer] */
+    void **v;        /* [n_layer] */
+    zq_kv_type type; /* ZQ_KV_F32 or ZQ_KV_F16 */
     int cap;
     int max;
     int n_layer;
     int n_embd;
 } zq_kv;
 
-zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions);
+/* Returns the cache type that auto stands for with weights of the given type. */
+zq_kv_type zq_kv_resolve(zq_kv_type requested, zq_type weights);
+
+/* type must be ZQ_KV_F32 or ZQ_KV_F16 (see zq_kv_resolve). */
+zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions, zq_kv_type type);
 zq_status zq_kv_reserve(zq_kv *kv, int positions);
 void zq_kv_free(zq_kv *kv);
 
@@ -77,6 +82,7 @@ typedef struct {
     float *att;    /* [rows][n_embd] attention output */
     float *mlp;    /* [rows][n_inner] */
     float *scores; /* attention scratch, zq_attention_scratch() floats */
+    float *kv_rows; /* per thread: f32 copies of f16 cache rows, zq_kv_row_scratch() floats */
     int score_threads;
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
@@ -98,6 +104,14 @@ static inline size_t zq_attention_scratch(const zq_hparams *hp, int threads)
     const size_t chunks = ((size_t)hp->n_ctx + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
     const size_t single = (size_t)hp->n_head * hp->n_ctx + chunks * (size_t)hp->n_embd;
     return rows > single ? rows : single;
+}
+
+/* Returns the floats per thread that attention needs to read an f16 cache as f32: the keys and
+ * values of one head over the whole context (prefill), or one cache row (decode). */
+static inline size_t zq_kv_row_scratch(const zq_hparams *hp)
+{
+    const size_t head = 2 * (size_t)hp->n_ctx * (size_t)(hp->n_embd / hp->n_head);
+    return head > (size_t)hp->n_embd ? head : (size_t)hp->n_embd;
 }
 
 zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);

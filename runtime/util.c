@@ -82,7 +82,8 @@ float zq_f16_to_f32(uint16_t h)
     uint32_t man = h & 0x3ff;
     uint32_t bits;
     if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
+        /* A NaN comes back quiet, as vcvtph2ps and NEON's fcvtl return it. */
+        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x400000u : 0);
     } else if (exp == 0) {
         /* Subnormal or zero: value = man * 2^-24, exact in float. */
         float v = (float)man * (1.0f / 16777216.0f);
@@ -103,8 +104,8 @@ uint16_t zq_f32_to_f16(float f)
     uint32_t sign = (x >> 16) & 0x8000;
     uint32_t exp = (x >> 23) & 0xff;
     uint32_t man = x & 0x7fffff;
-    if (exp == 0xff) /* inf stays inf, NaN stays a quiet NaN */
-        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (exp == 0xff) /* inf stays inf; NaN stays NaN, quiet, with its top payload bits */
+        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 | (man >> 13) : 0));
 
     int32_t half_exp = (int32_t)exp - 127 + 15;
     if (half_exp >= 0x1f)

@@ -11,14 +11,22 @@
  * context and a long one reallocates only log2(n_ctx / 64) times. */
 #define KV_MIN_POSITIONS 64
 
-zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions)
+zq_kv_type zq_kv_resolve(zq_kv_type requested, zq_type weights)
+{
+    if (requested != ZQ_KV_AUTO)
+        return requested;
+    return weights == ZQ_TYPE_F32 ? ZQ_KV_F32 : ZQ_KV_F16;
+}
+
+zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions, zq_kv_type type)
 {
     memset(kv, 0, sizeof *kv);
     kv->n_layer = hp->n_layer;
     kv->n_embd = hp->n_embd;
     kv->max = max_positions;
-    kv->k = calloc((size_t)hp->n_layer, sizeof(float *));
-    kv->v = calloc((size_t)hp->n_layer, sizeof(float *));
+    kv->type = type;
+    kv->k = calloc((size_t)hp->n_layer, sizeof(void *));
+    kv->v = calloc((size_t)hp->n_layer, sizeof(void *));
     if (!kv->k || !kv->v) {
         zq_kv_free(kv);
         return zq_fail(ZQ_ERR_NOMEM, "KV cache: out of memory for %d layers", hp->n_layer);
@@ -39,12 +47,13 @@ zq_status zq_kv_reserve(zq_kv *kv, int positions)
     if (cap > kv->max)
         cap = kv->max;
 
-    const size_t bytes = (size_t)cap * kv->n_embd * sizeof(float);
+    const size_t elem = kv->type == ZQ_KV_F16 ? sizeof(uint16_t) : sizeof(float);
+    const size_t bytes = (size_t)cap * kv->n_embd * elem;
     for (int l = 0; l < kv->n_layer; l++) {
-        float *k = realloc(kv->k[l], bytes);
+        void *k = realloc(kv->k[l], bytes);
         if (k)
             kv->k[l] = k;
-        float *v = realloc(kv->v[l], bytes);
+        void *v = realloc(kv->v[l], bytes);
         if (v)
             kv->v[l] = v;
         if (!k || !v)
@@ -87,6 +96,7 @@ zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows
     ws->att = alloc_floats(rows * d, &st);
     ws->mlp = alloc_floats(rows * (size_t)hp->n_inner, &st);
     ws->scores = alloc_floats(zq_attention_scratch(hp, ws->score_threads), &st);
+    ws->kv_rows = alloc_floats(zq_kv_row_scratch(hp) * (size_t)ws->score_threads, &st);
     ws->head_in = alloc_floats(ZQ_HEAD_ROWS * d, &st);
     ws->head_out = alloc_floats((size_t)ZQ_HEAD_ROWS * (size_t)hp->n_vocab, &st);
     if (st == ZQ_OK) {
@@ -109,6 +119,7 @@ void zq_workspace_free(zq_workspace *ws)
     zq_aligned_free(ws->att);
     zq_aligned_free(ws->mlp);
     zq_aligned_free(ws->scores);
+    zq_aligned_free(ws->kv_rows);
     zq_aligned_free(ws->head_in);
     zq_aligned_free(ws->head_out);
     zq_linear_scratch_free(&ws->lin);

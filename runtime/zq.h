@@ -154,10 +154,23 @@ size_t zq_detok_stream_push(zq_detok_stream *stream, int32_t id, char *buf, size
 
 typedef struct zq_context zq_context;
 
+/* Element type of the KV cache. Decoding reads the whole cache once per token, so at long
+ * contexts the cache costs as much memory bandwidth as the weights: f16 halves that. */
+typedef enum {
+    ZQ_KV_AUTO = 0, /* f32 for f32 weights (the exact comparison path), f16 otherwise */
+    ZQ_KV_F32 = 1,
+    ZQ_KV_F16 = 2,
+} zq_kv_type;
+
+const char *zq_kv_type_name(zq_kv_type type); /* "auto", "f32", "f16" */
+/* Parses "auto", "f32" or "f16"; returns ZQ_ERR_INVALID_ARG for anything else. */
+zq_status zq_kv_type_parse(const char *name, zq_kv_type *out);
+
 typedef struct {
-    int n_ctx;     /* KV cache positions; 0 = the model's n_ctx */
-    int n_threads; /* OpenMP threads; 0 = physical cores */
-    int n_batch;   /* maximum tokens per forward call (prompt chunk); 0 = 512 */
+    int n_ctx;          /* KV cache positions; 0 = the model's n_ctx */
+    int n_threads;      /* OpenMP threads; 0 = physical cores */
+    int n_batch;        /* maximum tokens per forward call (prompt chunk); 0 = 512 */
+    zq_kv_type kv_type; /* 0 = ZQ_KV_AUTO */
 } zq_context_params;
 
 zq_status zq_context_create(const zq_model *model, const zq_context_params *params,
@@ -175,6 +188,7 @@ const float *zq_context_logits(const zq_context *ctx);
 
 int zq_context_pos(const zq_context *ctx);  /* tokens in the KV cache */
 int zq_context_size(const zq_context *ctx); /* n_ctx of this context */
+zq_kv_type zq_context_kv_type(const zq_context *ctx); /* ZQ_KV_F32 or ZQ_KV_F16, never auto */
 
 /* Drops the cache entries at positions >= pos, so a prompt prefix can be reused. */
 void zq_context_truncate(zq_context *ctx, int pos);
@@ -231,6 +245,7 @@ typedef struct {
     int max_exchanges;  /* user+reply pairs of history kept, 0..ZQ_CHAT_MAX_EXCHANGES; default 3 */
     int max_new_tokens; /* reply length cap; default 64 */
     int n_threads;      /* 0 = physical cores */
+    zq_kv_type kv_type; /* 0 = ZQ_KV_AUTO */
     zq_sampler_params sampling;
 } zq_chat_params;
 

@@ -256,7 +256,8 @@ static bool alloc_slots(zq_sched *s, char *err, size_t err_cap)
         snprintf(err, err_cap, "out of memory for %d slots", n_slots);
         return false;
     }
-    const zq_context_params cp = {.n_ctx = s->params.n_ctx, .n_threads = s->params.n_threads};
+    const zq_context_params cp = {
+        .n_ctx = s->params.n_ctx, .n_threads = s->params.n_threads, .kv_type = s->params.kv_type};
     for (int i = 0; i < n_slots; i++) {
         slot *sl = &s->slots[i];
         sl->next = -1;

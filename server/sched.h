@@ -74,6 +74,7 @@ typedef struct {
     int queue_cap;     /* jobs that may wait for a busy slot */
     int n_threads;     /* threads per forward pass; 0 = physical cores */
     int n_ctx;         /* KV positions per slot; 0 = the model's n_ctx */
+    zq_kv_type kv_type; /* element type of the slots' caches; 0 = auto */
     int step_delay_ms; /* sleep after each step; only for tests that need slow generation */
 } zq_sched_params;
 

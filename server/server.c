@@ -115,6 +115,7 @@ static bool load_model(zq_server *srv)
         .queue_cap = srv->cfg.queue,
         .n_threads = srv->cfg.threads,
         .n_ctx = srv->cfg.ctx_size,
+        .kv_type = srv->cfg.kv_type,
         .step_delay_ms = srv->cfg.step_delay_ms,
     };
     char err[512];

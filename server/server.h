@@ -23,6 +23,7 @@ typedef struct {
     int queue;              /* requests that may wait for a busy slot */
     int threads;            /* threads per forward pass; 0 = physical cores */
     int ctx_size;           /* KV positions per slot, >= ZQ_SERVE_MIN_CTX; 0 = the model's */
+    zq_kv_type kv_type;     /* element type of the KV caches; 0 = auto */
     int history;            /* exchanges kept per session */
     long session_ttl;       /* seconds after last use */
     long max_sessions;      /* in-process sessions before LRU eviction */

@@ -35,26 +35,26 @@ static zq_model *load_model(zq_type type)
     return m;
 }
 
-static zq_context *new_context_of(zq_model *m, int threads, int n_batch)
+static zq_context *new_context_kv(zq_model *m, int threads, int n_batch, zq_kv_type kv)
 {
     zq_context *ctx = NULL;
-    const zq_context_params p = {.n_threads = threads, .n_batch = n_batch};
+    const zq_context_params p = {.n_threads = threads, .n_batch = n_batch, .kv_type = kv};
     CHECK(zq_context_create(m, &p, &ctx) == ZQ_OK, "%s", zq_last_error());
     return ctx;
 }
 
 static zq_context *new_context(int threads, int n_batch)
 {
-    return new_context_of(model, threads, n_batch);
+    return new_context_kv(model, threads, n_batch, ZQ_KV_AUTO);
 }
 
 static const int32_t prompt[] = {2, 136, 149, 73, 605, 764, 75, 3, 134, 141, 146, 142, 201};
 #define PROMPT_LEN ((int)(sizeof prompt / sizeof prompt[0]))
 
 /* Logits of the prompt's last token, evaluated in chunks of n_batch on threads threads. */
-static float *last_logits_of(zq_model *m, int threads, int n_batch, bool one_by_one)
+static float *last_logits_of(zq_model *m, zq_kv_type kv, int threads, int n_batch, bool one_by_one)
 {
-    zq_context *ctx = new_context_of(m, threads, n_batch);
+    zq_context *ctx = new_context_kv(m, threads, n_batch, kv);
     if (one_by_one)
         for (int i = 0; i < PROMPT_LEN; i++)
             zq_context_eval(ctx, &prompt[i], 1, NULL);
@@ -68,7 +68,7 @@ static float *last_logits_of(zq_model *m, int threads, int n_batch, bool one_by_
 
 static float *last_logits(int threads, int n_batch, bool one_by_one)
 {
-    return last_logits_of(model, threads, n_batch, one_by_one);
+    return last_logits_of(model, ZQ_KV_AUTO, threads, n_batch, one_by_one);
 }
 
 static double max_diff(const float *a, const float *b)
@@ -117,39 +117,89 @@ static void chunked_prompt_matches_whole(void)
     /* Prefill rows and decode rows take different attention and kernel paths, so equality is
      * within float rounding, not bitwise. The f32 model keeps it there: in int8, a rounding
      * difference can move an activation across a quantization step and the logits by ~0.01. */
-    float *whole = last_logits_of(model_f32, 2, 0, false);
-    float *chunked = last_logits_of(model_f32, 2, 4, false);
-    float *single = last_logits_of(model_f32, 2, 0, true);
-    CHECK(max_diff(whole, chunked) < 1e-4, "chunked differs by %g", max_diff(whole, chunked));
-    CHECK(max_diff(whole, single) < 1e-4, "token by token differs by %g",
-          max_diff(whole, single));
-    free(whole);
-    free(chunked);
-    free(single);
+    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16};
+    for (int i = 0; i < 2; i++) {
+        const zq_kv_type kv = kv_types[i];
+        float *whole = last_logits_of(model_f32, kv, 2, 0, false);
+        float *chunked = last_logits_of(model_f32, kv, 2, 4, false);
+        float *single = last_logits_of(model_f32, kv, 2, 0, true);
+        CHECK(max_diff(whole, chunked) < 1e-4, "%s cache: chunked differs by %g",
+              zq_kv_type_name(kv), max_diff(whole, chunked));
+        CHECK(max_diff(whole, single) < 1e-4, "%s cache: token by token differs by %g",
+              zq_kv_type_name(kv), max_diff(whole, single));
+        free(whole);
+        free(chunked);
+        free(single);
+    }
 }
 
-static void batched_decode_matches_single(void)
+/* One batched step over sequences of different lengths equals each sequence decoded alone,
+ * within float rounding (the f32 model, as above), for both cache types. */
+static void batched_decode_matches_single_kv(zq_kv_type kv)
 {
     enum { SEQS = 5 };
     zq_context *ctxs[SEQS];
     int32_t next[SEQS];
     for (int s = 0; s < SEQS; s++) {
-        ctxs[s] = new_context(2, 0);
+        ctxs[s] = new_context_kv(model_f32, 2, 0, kv);
         /* Sequences of different lengths: prompt prefixes of 3..7 tokens. */
         zq_context_eval(ctxs[s], prompt, 3 + s, NULL);
         next[s] = prompt[3 + s];
     }
     CHECK(zq_decode_batch(ctxs, next, SEQS) == ZQ_OK, "%s", zq_last_error());
     for (int s = 0; s < SEQS; s++) {
-        zq_context *alone = new_context(2, 0);
+        zq_context *alone = new_context_kv(model_f32, 2, 0, kv);
         zq_context_eval(alone, prompt, 3 + s, NULL);
         zq_context_eval(alone, &next[s], 1, NULL);
         const double d = max_diff(zq_context_logits(alone), zq_context_logits(ctxs[s]));
-        CHECK(d < 1e-4, "sequence %d: batched logits differ by %g", s, d);
+        CHECK(d < 1e-4, "%s cache, sequence %d: batched logits differ by %g", zq_kv_type_name(kv),
+              s, d);
         CHECK_EQ_INT(zq_context_pos(ctxs[s]), 4 + s);
         zq_context_free(alone);
         zq_context_free(ctxs[s]);
     }
+}
+
+static void batched_decode_matches_single(void)
+{
+    batched_decode_matches_single_kv(ZQ_KV_F32);
+    batched_decode_matches_single_kv(ZQ_KV_F16);
+}
+
+/* auto keeps the f32 model's cache in f32, so that it stays the exact comparison path, and
+ * gives quantized models an f16 cache. Rounding keys and values to half moves the logits by
+ * far less than int8 weights do, but it does move them. */
+static void kv_cache_types(void)
+{
+    zq_context *ctx = new_context_kv(model_f32, 1, 0, ZQ_KV_AUTO);
+    CHECK(zq_context_kv_type(ctx) == ZQ_KV_F32, "f32 model: auto gives %s",
+          zq_kv_type_name(zq_context_kv_type(ctx)));
+    zq_context_free(ctx);
+    ctx = new_context(1, 0);
+    CHECK(zq_context_kv_type(ctx) == ZQ_KV_F16, "int8 model: auto gives %s",
+          zq_kv_type_name(zq_context_kv_type(ctx)));
+    zq_context_free(ctx);
+    ctx = new_context_kv(model, 1, 0, ZQ_KV_F32);
+    CHECK(zq_context_kv_type(ctx) == ZQ_KV_F32, "int8 model: f32 requested, got %s",
+          zq_kv_type_name(zq_context_kv_type(ctx)));
+    zq_context_free(ctx);
+
+    float *f32 = last_logits_of(model_f32, ZQ_KV_F32, 2, 0, false);
+    float *f16 = last_logits_of(model_f32, ZQ_KV_F16, 2, 0, false);
+    const double d = max_diff(f32, f16);
+    CHECK(d > 0 && d < 0.01, "f16 cache moves the logits by %g", d);
+    free(f32);
+    free(f16);
+
+    zq_kv_type parsed = ZQ_KV_AUTO;
+    CHECK(zq_kv_type_parse("f16", &parsed) == ZQ_OK && parsed == ZQ_KV_F16, "parse f16");
+    CHECK(zq_kv_type_parse("f32", &parsed) == ZQ_OK && parsed == ZQ_KV_F32, "parse f32");
+    CHECK(zq_kv_type_parse("int8", &parsed) == ZQ_ERR_INVALID_ARG, "parse int8");
+    ctx = NULL;
+    CHECK(zq_context_create(model, &(zq_context_params){.kv_type = (zq_kv_type)7}, &ctx) ==
+              ZQ_ERR_INVALID_ARG,
+          "an unknown cache type is accepted");
+    CHECK(ctx == NULL, "context left behind");
 }
 
 static void context_limit_is_reported(void)
@@ -294,6 +344,7 @@ int main(void)
     ZQ_RUN(threads_give_identical_decode);
     ZQ_RUN(chunked_prompt_matches_whole);
     ZQ_RUN(batched_decode_matches_single);
+    ZQ_RUN(kv_cache_types);
     ZQ_RUN(context_limit_is_reported);
     ZQ_RUN(chat_prompt_drops_oldest);
     ZQ_RUN(chat_keeps_last_exchanges);

@@ -386,6 +386,67 @@ static void test_gemm_f16_conversion(void)
     for_each_variant(f16_convert_variant);
 }
 
+/* The row conversions of the f16 KV cache must give the reference's bits in every table,
+ * NaN included: all 65536 halfs to f32, then f32 values around every half (midpoints, which
+ * round to even, and their neighbours), out-of-range values, and lengths that leave tails. */
+static void row_convert_variant(const zq_kernels *k)
+{
+    enum { N = 65536 };
+    uint16_t *h = malloc(N * sizeof *h), *got16 = malloc(4 * N * sizeof *got16);
+    float *want = malloc(N * sizeof *want), *got = malloc(N * sizeof *got);
+    float *x = malloc(4 * N * sizeof *x);
+    for (int i = 0; i < N; i++)
+        h[i] = (uint16_t)i;
+    zq_kernels_ref()->f16_to_f32(h, want, N);
+    k->f16_to_f32(h, got, N);
+    CHECK(memcmp(got, want, N * sizeof *got) == 0, "%s: f16_to_f32 differs from the reference",
+          k->name);
+
+    for (int i = 0; i < N; i++) {
+        float lo = want[i], hi = want[(i + 1) % N];
+        uint32_t bits;
+        memcpy(&bits, &lo, sizeof bits);
+        bits += i % 3 == 0 ? 1 : 0;
+        memcpy(&x[4 * i], &bits, sizeof bits);
+        x[4 * i + 1] = (lo + hi) / 2; /* a tie when both are finite and of one sign */
+        x[4 * i + 2] = lo * 65536.0f; /* overflows to infinity */
+        x[4 * i + 3] = lo * 1e-9f;    /* underflows to a subnormal half or zero */
+    }
+    static const size_t lengths[] = {4 * N, 1, 7, 15, 17, 33};
+    for (size_t l = 0; l < sizeof lengths / sizeof lengths[0]; l++) {
+        const size_t n = lengths[l];
+        uint16_t want16[4 * N > 64 ? 64 : 1];
+        if (n > 64) {
+            uint16_t *ref16 = malloc(n * sizeof *ref16);
+            zq_kernels_ref()->f32_to_f16(x, ref16, n);
+            k->f32_to_f16(x, got16, n);
+            size_t i = 0;
+            while (i < n && got16[i] == ref16[i])
+                i++;
+            CHECK(i == n, "%s: f32_to_f16(%.9g) = 0x%04x, want 0x%04x", k->name, x[i < n ? i : 0],
+                  got16[i < n ? i : 0], ref16[i < n ? i : 0]);
+            free(ref16);
+            continue;
+        }
+        memset(got16, 0xab, 64 * sizeof *got16);
+        zq_kernels_ref()->f32_to_f16(x + 8, want16, n);
+        k->f32_to_f16(x + 8, got16, n);
+        CHECK(memcmp(got16, want16, n * sizeof *got16) == 0, "%s: f32_to_f16 n=%zu differs",
+              k->name, n);
+        CHECK(got16[n] == 0xabab, "%s: f32_to_f16 n=%zu wrote past the end", k->name, n);
+    }
+    free(h);
+    free(got16);
+    free(want);
+    free(got);
+    free(x);
+}
+
+static void test_row_conversions(void)
+{
+    for_each_variant(row_convert_variant);
+}
+
 /* ---- dot and axpy ------------------------------------------------------------------------ */
 
 static void vector_variant(const zq_kernels *k)
@@ -480,6 +541,7 @@ int main(void)
     ZQ_RUN(test_quantize_variants);
     ZQ_RUN(test_gemm_float);
     ZQ_RUN(test_gemm_f16_conversion);
+    ZQ_RUN(test_row_conversions);
     ZQ_RUN(test_dot_axpy);
     ZQ_CHECK_EXIT();
 }

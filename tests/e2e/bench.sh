@@ -73,6 +73,12 @@ tokens() { grep -o '"first_tokens":\[[0-9,]*\]' "$1"; }
 check model_tokens_present test -n "$(tokens "$tmp/m1.json")"
 check model_tokens_same_across_threads test "$(tokens "$tmp/m1.json")" = "$(tokens "$tmp/m2.json")"
 check model_name_option has_string "$tmp/m2.json" model tiny
+check model_kv_type_auto has_string "$tmp/m1.json" kv_type f16
+bench_model --threads 1 --kv-type f32 >"$tmp/kv32.json"
+check model_kv_type_f32 has_string "$tmp/kv32.json" kv_type f32
+kv_mb() { grep -o '"kv_mb_per_token":[0-9.]*' "$1" | cut -d: -f2; }
+check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/m1.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
+    'BEGIN { d = a * 2 - b; exit !(a > 0 && d < 0.002 && d > -0.002) }'
 
 # zh-chat-tiny has 256 positions: 600 + 8 does not fit, so the prompt becomes 248 tokens.
 "$ZQ" bench model --json --prompt-len 600 --decode 8 --repeats 1 >"$tmp/clip.json" \

@@ -83,6 +83,13 @@ check run_seed_repeats test -n "$a" -a "$a" = "$b"
 check run_prints_one_line test "$(printf '%s\n' "$a" | wc -l)" -eq 1
 out=$("$ZQ" run -m "$tmp/zh-f16.zq" -p "你好" --temperature 0 --repetition-penalty 1)
 check run_f16 test -n "$out"
+# An f16 KV cache rounds keys and values but keeps the f32 model's greedy reply here.
+out=$("$ZQ" run -m "$tmp/zh-f32.zq" -p "你好" --temperature 0 --repetition-penalty 1 \
+    --kv-type f16)
+check run_f32_with_f16_cache test "$out" = "我们在这儿"
+"$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --kv-type int8 2>"$tmp/err"
+check run_bad_kv_type_exit2 test $? -eq 2
+check run_bad_kv_type_message grep -q "invalid value 'int8' for --kv-type" "$tmp/err"
 "$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --temperature -1 2>"$tmp/err"
 check run_bad_temperature_exit2 test $? -eq 2
 check run_bad_temperature_message grep -q "invalid value '-1' for --temperature" "$tmp/err"
