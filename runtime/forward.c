@@ -206,18 +206,6 @@ static float *thread_kv_rows(const zq_model *m, const zq_workspace *ws)
 #endif
 }
 
-/* Returns row t of a layer's keys or values (base) as f32: in place for an f32 cache, else
- * converted into buf, which is exact, so both caches run the same arithmetic afterwards. */
-static const float *kv_row(const zq_kernels *k, const zq_kv *kv, const void *base, int t,
-                           float *buf)
-{
-    const size_t d = (size_t)kv->n_embd;
-    if (kv->type == ZQ_KV_F32)
-        return (const float *)base + (size_t)t * d;
-    k->f16_to_f32((const uint16_t *)base + (size_t)t * d, buf, d);
-    return buf;
-}
-
 /* Sets out [hd] to the sum over t < T of p[t] * values[t * d]. Four positions are added per
  * pass, so out is read and written once per four; the order of the additions is fixed. */
 VECTOR_CLONES static void weighted_sum(const float *p, const float *values, int T, int hd, int d, float *out)
@@ -339,6 +327,37 @@ VECTOR_CLONES static void weigh_position(const float *weights, const float *valu
     }
 }
 
+/* Sets weights[h * T + t] to the scores of cache rows t in [t0, t1) for every head. The f16
+ * kernels sum in the order of score_position and weigh_position. */
+static void score_chunk(const zq_kernels *k, const float *q, const zq_kv *kv, int layer, int heads,
+                        int t0, int t1, int T, float *weights)
+{
+    const int d = kv->n_embd, hd = d / heads;
+    if (kv->type == ZQ_KV_F16) {
+        const uint16_t *keys = (const uint16_t *)kv->k[layer] + (size_t)t0 * d;
+        k->attn_scores_f16(q, keys, t1 - t0, heads, hd, weights + t0, (size_t)T);
+        return;
+    }
+    const float *keys = kv->k[layer];
+    for (int t = t0; t < t1; t++)
+        score_position(q, keys + (size_t)t * d, t, heads, hd, T, weights);
+}
+
+/* Adds to sum [d] the value rows t in [t0, t1) weighted by weights[h * T + t], every head. */
+static void weigh_chunk(const zq_kernels *k, const float *weights, const zq_kv *kv, int layer,
+                        int heads, int t0, int t1, int T, float *sum)
+{
+    const int d = kv->n_embd, hd = d / heads;
+    if (kv->type == ZQ_KV_F16) {
+        const uint16_t *values = (const uint16_t *)kv->v[layer] + (size_t)t0 * d;
+        k->attn_values_f16(weights + t0, (size_t)T, values, t1 - t0, heads, hd, sum);
+        return;
+    }
+    const float *values = kv->v[layer];
+    for (int t = t0; t < t1; t++)
+        weigh_position(weights, values + (size_t)t * d, t, heads, hd, T, sum);
+}
+
 /* Computes the attention of a single token over positions 0..pos of its cache, all heads at
  * once, so every pass over the cache reads whole rows. Reading one head's 64-float slice of
  * each row instead ran at half the memory bandwidth. The positions are split into chunks of
@@ -362,23 +381,22 @@ static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, 
 
 #pragma omp parallel num_threads(n_threads) if (chunks > 1)
     {
-        float *buf = thread_kv_rows(m, ws);
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
-            const int t1 = (c + 1) * ZQ_ATT_CHUNK < T ? (c + 1) * ZQ_ATT_CHUNK : T;
-            for (int t = c * ZQ_ATT_CHUNK; t < t1; t++)
-                score_position(q, kv_row(k, kv, kv->k[layer], t, buf), t, heads, hd, T, weights);
+            const int t0 = c * ZQ_ATT_CHUNK;
+            const int t1 = t0 + ZQ_ATT_CHUNK < T ? t0 + ZQ_ATT_CHUNK : T;
+            score_chunk(k, q, kv, layer, heads, t0, t1, T, weights);
         }
 #pragma omp for schedule(static)
         for (int h = 0; h < heads; h++)
             softmax_window(weights + (size_t)h * T, T, scale);
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++) {
-            const int t1 = (c + 1) * ZQ_ATT_CHUNK < T ? (c + 1) * ZQ_ATT_CHUNK : T;
+            const int t0 = c * ZQ_ATT_CHUNK;
+            const int t1 = t0 + ZQ_ATT_CHUNK < T ? t0 + ZQ_ATT_CHUNK : T;
             float *sum = partial + (size_t)c * d;
             memset(sum, 0, (size_t)d * sizeof(float));
-            for (int t = c * ZQ_ATT_CHUNK; t < t1; t++)
-                weigh_position(weights, kv_row(k, kv, kv->v[layer], t, buf), t, heads, hd, T, sum);
+            weigh_chunk(k, weights, kv, layer, heads, t0, t1, T, sum);
         }
 #pragma omp for schedule(static)
         for (int j = 0; j < d; j++) {

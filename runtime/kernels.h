@@ -41,6 +41,17 @@ typedef struct {
      * table gives the same bits. */
     void (*f32_to_f16)(const float *x, uint16_t *y, size_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, size_t n);
+
+    /* Attention of one token over n rows of an f16 cache, each row holding heads * hd halves.
+     * attn_scores_f16 sets scores[h * ld + i] to q_h . key_h of row i, summed in eight lanes
+     * (element j goes to lane j % 8) that are then added as ((0+1)+(2+3))+((4+5)+(6+7)).
+     * attn_values_f16 adds w[h * ld + i] * value_h of row i to out[h * hd ..], row by row in
+     * order. Every product is rounded before its addition (no fused multiply-add), so all
+     * tables give the same bits. */
+    void (*attn_scores_f16)(const float *q, const uint16_t *keys, int n, int heads, int hd,
+                            float *scores, size_t ld);
+    void (*attn_values_f16)(const float *w, size_t ld, const uint16_t *values, int n, int heads,
+                            int hd, float *out);
 } zq_kernels;
 
 const zq_kernels *zq_kernels_ref(void);

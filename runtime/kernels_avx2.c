@@ -363,6 +363,73 @@ static void f16_to_f32_avx2(const uint16_t *x, float *y, size_t n)
         y[i] = zq_f16_to_f32(x[i]);
 }
 
+/* ---- attention over an f16 cache ---------------------------------------------------------- */
+
+/* Scores of heads [h0, h0 + ng) of one cache row: the ng accumulators stay in registers while
+ * the row's halves stream through. */
+static ALWAYS_INLINE void score_heads(int ng, const float *q, const uint16_t *key, int h0, int hd,
+                                      float *scores, size_t ld)
+{
+    __m256 acc[8];
+    for (int g = 0; g < 8; g++)
+        acc[g] = _mm256_setzero_ps();
+    for (int j = 0; j < hd; j += 8) {
+#pragma GCC unroll 8
+        for (int g = 0; g < ng; g++) {
+            const size_t at = (size_t)(h0 + g) * hd + j;
+            const __m256 k = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(key + at)));
+            acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(_mm256_loadu_ps(q + at), k));
+        }
+    }
+    float sums[8];
+    _mm256_storeu_ps(sums, hsum8_ps(acc));
+    for (int g = 0; g < ng; g++)
+        scores[(size_t)(h0 + g) * ld] = sums[g];
+}
+
+void zq_attn_scores_f16_avx2(const float *q, const uint16_t *keys, int n, int heads, int hd,
+                             float *scores, size_t ld)
+{
+    if (hd % 8 != 0) {
+        zq_attn_scores_f16_ref(q, keys, n, heads, hd, scores, ld);
+        return;
+    }
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *key = keys + (size_t)i * d;
+        int h = 0;
+        for (; h + 8 <= heads; h += 8)
+            score_heads(8, q, key, h, hd, scores + i, ld);
+        for (; h + 4 <= heads; h += 4)
+            score_heads(4, q, key, h, hd, scores + i, ld);
+        for (; h < heads; h++)
+            score_heads(1, q, key, h, hd, scores + i, ld);
+    }
+}
+
+void zq_attn_values_f16_avx2(const float *w, size_t ld, const uint16_t *values, int n, int heads,
+                             int hd, float *out)
+{
+    if (hd % 8 != 0) {
+        zq_attn_values_f16_ref(w, ld, values, n, heads, hd, out);
+        return;
+    }
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *value = values + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const __m256 wi = _mm256_set1_ps(w[(size_t)h * ld + i]);
+            float *o = out + (size_t)h * hd;
+            const uint16_t *v = value + (size_t)h * hd;
+            for (int j = 0; j < hd; j += 8) {
+                const __m256 vj = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + j)));
+                _mm256_storeu_ps(o + j,
+                                 _mm256_add_ps(_mm256_loadu_ps(o + j), _mm256_mul_ps(wi, vj)));
+            }
+        }
+    }
+}
+
 const zq_kernels zq_kernels_avx2_table = {
     .name = "avx2",
     .gemm_s8 = gemm_s8_avx2,
@@ -373,4 +440,6 @@ const zq_kernels zq_kernels_avx2_table = {
     .axpy_f32 = axpy_f32_avx2,
     .f32_to_f16 = f32_to_f16_avx2,
     .f16_to_f32 = f16_to_f32_avx2,
+    .attn_scores_f16 = zq_attn_scores_f16_avx2,
+    .attn_values_f16 = zq_attn_values_f16_avx2,
 };

@@ -332,4 +332,6 @@ const zq_kernels zq_kernels_avx512_table = {
     .axpy_f32 = axpy_f32_avx512,
     .f32_to_f16 = f32_to_f16_avx512,
     .f16_to_f32 = f16_to_f32_avx512,
+    .attn_scores_f16 = zq_attn_scores_f16_avx2,
+    .attn_values_f16 = zq_attn_values_f16_avx2,
 };

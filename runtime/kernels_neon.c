@@ -311,6 +311,57 @@ static void f16_to_f32_neon(const uint16_t *x, float *y, size_t n)
         y[i] = zq_f16_to_f32(x[i]);
 }
 
+/* Attention over an f16 cache. Eight lanes are two vectors of four: lo holds lanes 0-3 and hi
+ * lanes 4-7, so the sums come out as in the reference. */
+static void attn_scores_f16_neon(const float *q, const uint16_t *keys, int n, int heads, int hd,
+                                 float *scores, size_t ld)
+{
+    if (hd % 8 != 0) {
+        zq_attn_scores_f16_ref(q, keys, n, heads, hd, scores, ld);
+        return;
+    }
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *key = keys + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const size_t at = (size_t)h * hd;
+            float32x4_t lo = vdupq_n_f32(0), hi = vdupq_n_f32(0);
+            for (int j = 0; j < hd; j += 8) {
+                const float16x8_t k = vreinterpretq_f16_u16(vld1q_u16(key + at + j));
+                lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(q + at + j), vcvt_f32_f16(vget_low_f16(k))));
+                hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(q + at + j + 4), vcvt_high_f32_f16(k)));
+            }
+            const float32x4_t pairs = vpaddq_f32(lo, hi);
+            const float32x4_t quads = vpaddq_f32(pairs, pairs);
+            scores[(size_t)h * ld + i] = vgetq_lane_f32(quads, 0) + vgetq_lane_f32(quads, 1);
+        }
+    }
+}
+
+static void attn_values_f16_neon(const float *w, size_t ld, const uint16_t *values, int n,
+                                 int heads, int hd, float *out)
+{
+    if (hd % 8 != 0) {
+        zq_attn_values_f16_ref(w, ld, values, n, heads, hd, out);
+        return;
+    }
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *value = values + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const float wi = w[(size_t)h * ld + i];
+            float *o = out + (size_t)h * hd;
+            for (int j = 0; j < hd; j += 8) {
+                const float16x8_t v = vreinterpretq_f16_u16(vld1q_u16(value + (size_t)h * hd + j));
+                vst1q_f32(o + j, vaddq_f32(vld1q_f32(o + j),
+                                           vmulq_n_f32(vcvt_f32_f16(vget_low_f16(v)), wi)));
+                vst1q_f32(o + j + 4,
+                          vaddq_f32(vld1q_f32(o + j + 4), vmulq_n_f32(vcvt_high_f32_f16(v), wi)));
+            }
+        }
+    }
+}
+
 const zq_kernels zq_kernels_neondot_table = {
     .name = "neondot",
     .gemm_s8 = gemm_s8_neondot,
@@ -321,6 +372,8 @@ const zq_kernels zq_kernels_neondot_table = {
     .axpy_f32 = axpy_f32_neon,
     .f32_to_f16 = f32_to_f16_neon,
     .f16_to_f32 = f16_to_f32_neon,
+    .attn_scores_f16 = attn_scores_f16_neon,
+    .attn_values_f16 = attn_values_f16_neon,
 };
 
 const zq_kernels zq_kernels_neon_table = {
@@ -333,4 +386,6 @@ const zq_kernels zq_kernels_neon_table = {
     .axpy_f32 = axpy_f32_neon,
     .f32_to_f16 = f32_to_f16_neon,
     .f16_to_f32 = f16_to_f32_neon,
+    .attn_scores_f16 = attn_scores_f16_neon,
+    .attn_values_f16 = attn_values_f16_neon,
 };

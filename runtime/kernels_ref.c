@@ -91,6 +91,36 @@ static void f16_to_f32_ref(const uint16_t *x, float *y, size_t n)
         y[i] = zq_f16_to_f32(x[i]);
 }
 
+void zq_attn_scores_f16_ref(const float *q, const uint16_t *keys, int n, int heads, int hd,
+                            float *scores, size_t ld)
+{
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *key = keys + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            float lanes[8] = {0};
+            for (int j = 0; j < hd; j++)
+                lanes[j % 8] += q[h * hd + j] * zq_f16_to_f32(key[h * hd + j]);
+            scores[(size_t)h * ld + i] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                                         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        }
+    }
+}
+
+void zq_attn_values_f16_ref(const float *w, size_t ld, const uint16_t *values, int n, int heads,
+                            int hd, float *out)
+{
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const uint16_t *value = values + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const float wi = w[(size_t)h * ld + i];
+            for (int j = 0; j < hd; j++)
+                out[h * hd + j] += wi * zq_f16_to_f32(value[h * hd + j]);
+        }
+    }
+}
+
 const zq_kernels zq_kernels_ref_table = {
     .name = "ref",
     .gemm_s8 = gemm_s8_ref,
@@ -101,4 +131,6 @@ const zq_kernels zq_kernels_ref_table = {
     .axpy_f32 = axpy_f32_ref,
     .f32_to_f16 = f32_to_f16_ref,
     .f16_to_f32 = f16_to_f32_ref,
+    .attn_scores_f16 = zq_attn_scores_f16_ref,
+    .attn_values_f16 = zq_attn_values_f16_ref,
 };

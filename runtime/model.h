@@ -82,7 +82,7 @@ typedef struct {
     float *att;    /* [rows][n_embd] attention output */
     float *mlp;    /* [rows][n_inner] */
     float *scores; /* attention scratch, zq_attention_scratch() floats */
-    float *kv_rows; /* per thread: f32 copies of f16 cache rows, zq_kv_row_scratch() floats */
+    float *kv_rows; /* per thread: f32 copies of an f16 cache, zq_kv_row_scratch() floats */
     int score_threads;
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
@@ -106,12 +106,11 @@ static inline size_t zq_attention_scratch(const zq_hparams *hp, int threads)
     return rows > single ? rows : single;
 }
 
-/* Returns the floats per thread that attention needs to read an f16 cache as f32: the keys and
- * values of one head over the whole context (prefill), or one cache row (decode). */
+/* Returns the floats per thread that the attention of several rows (prefill) needs to read an
+ * f16 cache as f32: the keys and values of one head over the whole context. */
 static inline size_t zq_kv_row_scratch(const zq_hparams *hp)
 {
-    const size_t head = 2 * (size_t)hp->n_ctx * (size_t)(hp->n_embd / hp->n_head);
-    return head > (size_t)hp->n_embd ? head : (size_t)hp->n_embd;
+    return 2 * (size_t)hp->n_ctx * (size_t)(hp->n_embd / hp->n_head);
 }
 
 zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);

@@ -447,6 +447,49 @@ static void test_row_conversions(void)
     for_each_variant(row_convert_variant);
 }
 
+/* The attention kernels of an f16 cache promise the reference's bits: head sizes that take the
+ * vector path (64, 8) and one that falls back (12), head counts that do not fill a group of
+ * eight, and row counts around the prefetch distance. */
+static void attn_f16_variant(const zq_kernels *k)
+{
+    static const int shapes[][3] = {{12, 64, 70}, {3, 8, 5}, {9, 64, 1}, {5, 12, 9}, {1, 64, 4}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int heads = shapes[s][0], hd = shapes[s][1], n = shapes[s][2];
+        const size_t d = (size_t)heads * hd, ld = (size_t)n + 3;
+        float *q = malloc(d * sizeof *q), *w = malloc(heads * ld * sizeof *w);
+        float *x = malloc(n * d * sizeof *x);
+        uint16_t *rows = malloc(n * d * sizeof *rows);
+        float *want = calloc(heads * ld + d, sizeof *want),
+              *got = calloc(heads * ld + d, sizeof *got);
+        fill_f32(q, d);
+        fill_f32(w, heads * ld);
+        fill_f32(x, n * d);
+        zq_kernels_ref()->f32_to_f16(x, rows, n * d);
+
+        zq_kernels_ref()->attn_scores_f16(q, rows, n, heads, hd, want, ld);
+        k->attn_scores_f16(q, rows, n, heads, hd, got, ld);
+        CHECK(memcmp(got, want, heads * ld * sizeof *got) == 0,
+              "%s: attention scores differ, %d heads of %d, %d rows", k->name, heads, hd, n);
+        fill_f32(want + heads * ld, d);
+        memcpy(got + heads * ld, want + heads * ld, d * sizeof *got);
+        zq_kernels_ref()->attn_values_f16(w, ld, rows, n, heads, hd, want + heads * ld);
+        k->attn_values_f16(w, ld, rows, n, heads, hd, got + heads * ld);
+        CHECK(memcmp(got + heads * ld, want + heads * ld, d * sizeof *got) == 0,
+              "%s: attention values differ, %d heads of %d, %d rows", k->name, heads, hd, n);
+        free(q);
+        free(w);
+        free(x);
+        free(rows);
+        free(want);
+        free(got);
+    }
+}
+
+static void test_attn_f16(void)
+{
+    for_each_variant(attn_f16_variant);
+}
+
 /* ---- dot and axpy ------------------------------------------------------------------------ */
 
 static void vector_variant(const zq_kernels *k)
@@ -542,6 +585,7 @@ int main(void)
     ZQ_RUN(test_gemm_float);
     ZQ_RUN(test_gemm_f16_conversion);
     ZQ_RUN(test_row_conversions);
+    ZQ_RUN(test_attn_f16);
     ZQ_RUN(test_dot_axpy);
     ZQ_CHECK_EXIT();
 }
