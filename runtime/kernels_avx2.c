@@ -17,6 +17,7 @@
  */
 #include "internal.h"
 #include "kernels_impl.h"
+#include "kernels_x86.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -96,21 +97,6 @@ static ALWAYS_INLINE void s8_tail(int mr, int nr, const int8_t *const *a, const 
     s8_step(mr, nr, ap, wp, 0, acc);
 }
 
-/* Rows of a few hundred bytes are too short for the hardware prefetcher to ramp up, which
- * starves decode (M = 1 streams each weight row once) and small M. So while a tile runs, this
- * fetches the rows of the next tile, which follow in memory when rows are contiguous. Each step
- * of step_bytes per row prefetches the next nr * step_bytes bytes, so the whole next tile is requested by
- * the end of this one. Prefetches past the matrix, or of repeated edge rows, do no harm. */
-static ALWAYS_INLINE void prefetch_next_rows(int nr, const void *const *w, size_t k_bytes,
-                                              size_t step_bytes)
-{
-    /* Integer arithmetic: the address may lie past the matrix, where a pointer may not point. */
-    const uintptr_t stride = (uintptr_t)w[1] - (uintptr_t)w[0];
-    const uintptr_t next = (uintptr_t)w[nr - 1] + stride + k_bytes * (size_t)nr;
-    for (size_t line = 0; line < (size_t)nr * step_bytes; line += 64)
-        _mm_prefetch((const char *)(next + line), _MM_HINT_T0);
-}
-
 static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const void *const *wv,
                                   int K, void *out)
 {
@@ -123,7 +109,7 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
 
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        prefetch_next_rows(nr, (const void *const *)w, (size_t)k, 32);
+        prefetch_next_rows(nr, (const void *const *)w, (size_t)k, 32, (size_t)K);
         s8_step(mr, nr, a, w, (size_t)k, acc);
     }
     if (k < K)
@@ -194,7 +180,7 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
     int k = 0;
     const size_t w_size = f16 ? 2 : 4;
     for (; k + 8 <= K; k += 8) {
-        prefetch_next_rows(nr, w, (size_t)k * w_size, 8 * w_size);
+        prefetch_next_rows(nr, w, (size_t)k * w_size, 8 * w_size, (size_t)K * w_size);
         float_step(mr, nr, a, w, f16, (size_t)k, 8, acc);
     }
     if (k < K)
