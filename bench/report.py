@@ -166,11 +166,10 @@ def collect(args):
         key = str(r["threads"])
         bandwidth[key] = max(bandwidth.get(key, 0.0), r["gb_s"])
     all_records = read_jsonl(os.path.join(args.collect, "records.jsonl"))
-    for r in all_records:  # the measurements next to int8 records count too
-        for k in ("bandwidth_before_gb_s", "bandwidth_after_gb_s"):
-            if k in r and r["engine"] == "zq":
-                key = str(r["threads"])
-                bandwidth[key] = max(bandwidth.get(key, 0.0), r[k])
+    for r in all_records:  # the reads of the zq model processes count too
+        if r["engine"] == "zq" and r.get("bandwidth_gb_s"):
+            key = str(r["threads"])
+            bandwidth[key] = max(bandwidth.get(key, 0.0), r["bandwidth_gb_s"])
     records = best_records(all_records)
     results = {
         "machine": machine_info(args.collect),
@@ -203,13 +202,11 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def adjacent_limit(record):
-    """Decode limit of a record from the bandwidth measured just before and after its process,
-    taking the higher of the two so that the limit is not understated."""
-    if not record or "bandwidth_before_gb_s" not in record:
+def process_limit(record):
+    """Decode limit of a record from the bandwidth its own process read after decoding."""
+    if not record or not record.get("bandwidth_gb_s"):
         return None
-    gb_s = max(record["bandwidth_before_gb_s"], record["bandwidth_after_gb_s"])
-    return gb_s * 1e3 / record["weights_mb_per_token"]
+    return record["bandwidth_gb_s"] * 1e3 / record["weights_mb_per_token"]
 
 
 def target_rows(results, zq_int8):
@@ -219,7 +216,7 @@ def target_rows(results, zq_int8):
     pt_int8 = find(recs, model, "pytorch", "int8", t)
     zq_f32 = find(recs, model, "zq", "f32", t)
     run_limit = results["decode_limit_tok_s"].get(model, {}).get(str(t))
-    limit = adjacent_limit(zq_int8) or run_limit
+    limit = process_limit(zq_int8) or run_limit
     sizes = results["target_sizes_mb"]
     get = lambda r, k: r[k] if r else None  # noqa: E731
     return [
@@ -267,9 +264,8 @@ def record_note(r):
         note = f"kernels {r.get('kernels', '?')}"
         if r.get("processes", 1) > 1:
             note += f", faster of {r['processes']} processes"
-        if "bandwidth_before_gb_s" in r:
-            note += (f", read bandwidth {r['bandwidth_before_gb_s']} GB/s before and "
-                     f"{r['bandwidth_after_gb_s']} after")
+        if r.get("bandwidth_gb_s"):
+            note += f", read bandwidth {r['bandwidth_gb_s']} GB/s"
         return note
     note = f"OMP {r.get('omp_threads')}, BLAS {r.get('blas_threads')}"
     if r["type"] == "int8":
@@ -360,10 +356,11 @@ def targets_section(results):
     lines = [f"Targets: {results['target_model']}, int8, {TARGET_THREADS} threads, measured in "
              "this run. PyTorch's 2-thread record is the best of its OpenMP/OpenBLAS thread "
              "combinations.", "",
-             "The bandwidth limit of the targets is that of the bandwidth measured just before "
-             "and just after the process of the record (the higher of the two), because the "
-             "bandwidth of this shared machine moves between minutes; the row after it uses "
-             "the best bandwidth of the whole run instead.", "",
+             "The bandwidth limit of the targets is the read bandwidth of the process that "
+             "decoded, measured by that process right after its timed runs, divided by the "
+             "weight bytes per token. On this machine the bandwidth changes from one process "
+             "to the next, with where the host runs its threads. The row after it uses the "
+             "best bandwidth of the whole run instead.", "",
              "| target | kernels | measured | goal | result |", "|---|---|---|---|---|"]
     for t in results["targets"]:
         verdict = "no data" if t["value"] is None else "–"
@@ -380,7 +377,7 @@ def machine_section(results):
     lines = [f"- CPU: {m['cpu']}, {m['cores']} cores; flags: {', '.join(m['flags'])}",
              f"- Date: {m['date']}; {m['os']}; zq commit {m['zq_commit']}",
              "- Read bandwidth (`zq bench bandwidth`, AVX2 loads, best of the passes of every "
-             "measurement in the run, those next to the int8 records included): "
+             "measurement in the run, those of the zq model processes included): "
              + ", ".join(f"{gb} GB/s on {t} thread{'s' if t != '1' else ''}"
                          for t, gb in sorted(bw.items()))
              + "; every measurement: "
@@ -398,7 +395,7 @@ def machine_section(results):
     lines += ["", "Decode limit: bandwidth / bytes of weights one int8 token reads (all matrices "
               "with their scales, the full output head, biases and layer norms), here at the "
               "best bandwidth of the run; the targets divide the same bytes by the bandwidth "
-              "measured next to each record. The KV cache (f16 for int8 models) adds the bytes "
+              "of each record's own process. The KV cache (f16 for int8 models) adds the bytes "
               "in the KV column per token on average over the decoded positions; the last "
               "columns include them.", "",
               "| model | weights MB/token | KV MB/token | "

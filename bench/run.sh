@@ -148,35 +148,21 @@ done
 # after the first three arguments. On more than one thread it runs a second process too, and
 # the report keeps the faster decode. While another job runs on one of the two cores, every
 # OpenMP barrier waits for the descheduled thread, which can cut decoding five-fold.
-# An int8 record also gets the read bandwidth measured just before and just after its process
-# on as many threads (bandwidth_before_gb_s, bandwidth_after_gb_s): on a shared machine the
-# bandwidth moves between minutes, and the decode limit of the targets uses these two.
+# Each process also reads a buffer of $BW_MB MiB after its timed runs (bandwidth_gb_s in the
+# record), because the read bandwidth of this machine changes from one process to the next,
+# with where the host runs its threads, and the targets compare decode with the bandwidth of
+# the process that decoded.
 zq_model() {
     name=$1 type=$2 t=$3 plen=$4
     shift 4
     tries=1
     [ "$t" -gt 1 ] && tries=2
     for _ in $(seq "$tries"); do
-        [ "$type" = int8 ] && before=$(adjacent_bandwidth "$t")
         log "zq $name $type, $t thread(s), prompt $plen, decode $DECODE $*"
         step env "$@" "$ZQ" bench model -m "$OUT/$name-$type.zq" --name "$name" \
             --threads "$t" --prompt-len "$plen" --decode "$DECODE" --repeats "$REPEATS" \
-            --json >"$PARTS/record.json"
-        if [ "$type" = int8 ]; then
-            after=$(adjacent_bandwidth "$t")
-            jq -c --argjson b "$before" --argjson a "$after" \
-                '. + {bandwidth_before_gb_s: $b, bandwidth_after_gb_s: $a}' \
-                "$PARTS/record.json" >>"$PARTS/records.jsonl"
-        else
-            cat "$PARTS/record.json" >>"$PARTS/records.jsonl"
-        fi
+            --bandwidth-mb "$BW_MB" --json >>"$PARTS/records.jsonl"
     done
-    rm -f "$PARTS/record.json"
-}
-
-# Prints the read bandwidth on $1 threads in GB/s: the best of ten passes, a second's work.
-adjacent_bandwidth() {
-    step "$ZQ" bench bandwidth --threads "$1" --mb "$BW_MB" --passes 10 --json | jq .gb_s
 }
 
 # Times each step of the forward pass (bench/profile.sh) for the int8 synthetic model with the

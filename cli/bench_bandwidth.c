@@ -177,25 +177,36 @@ int cli_bench_bandwidth(int argc, char **argv)
     }
 
     const int n_threads = cli_bench_set_threads(zq_resolve_threads((int)threads));
-    const size_t bytes = (size_t)mb << 20;
-    uint8_t *buf = zq_aligned_alloc(bytes);
-    if (!buf) {
+    double gbs[MAX_PASSES];
+    const double best = cli_bench_read_bandwidth(mb, n_threads, (int)passes, gbs);
+    if (best < 0) {
         cli_error(CMD, "cannot allocate %ld MiB; pass a smaller --mb", mb);
         return ZQ_EXIT_FAIL;
     }
+    report(n_threads, mb, use_avx2(), gbs, (int)passes, best, json);
+    return ZQ_EXIT_OK;
+}
+
+double cli_bench_read_bandwidth(long mb, int n_threads, int passes, double *gbs)
+{
+    const size_t bytes = (size_t)mb << 20;
+    uint8_t *buf = zq_aligned_alloc(bytes);
+    if (!buf)
+        return -1;
     fill_buffer(buf, bytes, n_threads);
 
     const bool avx2 = use_avx2();
     uint64_t sink = 0;
-    double gbs[MAX_PASSES], best = 0;
+    double best = 0;
     read_pass(buf, bytes, n_threads, avx2, &sink); /* warm-up: TLB and thread start */
     for (int i = 0; i < passes; i++) {
-        gbs[i] = (double)bytes / read_pass(buf, bytes, n_threads, avx2, &sink) / 1e9;
-        best = gbs[i] > best ? gbs[i] : best;
+        const double rate = (double)bytes / read_pass(buf, bytes, n_threads, avx2, &sink) / 1e9;
+        if (gbs)
+            gbs[i] = rate;
+        best = rate > best ? rate : best;
     }
     zq_aligned_free(buf);
     if (sink == 0x5a5a5a5a5a5a5a5aULL) /* keeps the reads observable; practically never true */
         fputc('\n', stderr);
-    report(n_threads, mb, avx2, gbs, (int)passes, best, json);
-    return ZQ_EXIT_OK;
+    return best;
 }

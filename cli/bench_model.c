@@ -33,6 +33,7 @@ typedef struct {
     int repeats;
     uint64_t seed;
     zq_kv_type kv_type;
+    long bandwidth_mb; /* read after the timed runs; 0 = not measured */
     bool json;
 } model_options;
 
@@ -67,6 +68,9 @@ static void help(void)
            "  --threads N         threads (default: the number of physical cores)\n"
            "  --kv-type T         KV cache: auto (f32 for f32 weights, else f16), f32 or f16\n"
            "                      (default auto)\n"
+           "  --bandwidth-mb MB   after the timed runs, read a buffer of MB MiB as 'zq bench\n"
+           "                      bandwidth' does, for the decode limit of this process;\n"
+           "                      0 = skip (default 512). Peak RSS is taken before it.\n"
            "  --prompt-len N      prompt tokens (default 512)\n"
            "  --decode N          tokens decoded after the first one (default 128)\n"
            "  --repeats N         timed runs after a warm-up; medians are reported (default 3)\n"
@@ -102,6 +106,8 @@ static int parse_option(int c, const char *arg, model_options *o)
         return 0;
     case 'k':
         return cli_parse_kv_type(CMD, arg, &o->kv_type) ? 0 : -1;
+    case 'b':
+        return cli_parse_int(CMD, "bandwidth-mb", arg, 0, 1 << 20, &o->bandwidth_mb) ? 0 : -1;
     }
     return -1;
 }
@@ -114,10 +120,12 @@ static int parse_args(int argc, char **argv, model_options *o)
         {"threads", required_argument, 0, 't'},    {"prompt-len", required_argument, 0, 'p'},
         {"decode", required_argument, 0, 'd'},     {"repeats", required_argument, 0, 'r'},
         {"seed", required_argument, 0, 's'},       {"json", no_argument, 0, 'j'},
-        {"kv-type", required_argument, 0, 'k'},    {"help", no_argument, 0, 'h'},
+        {"kv-type", required_argument, 0, 'k'},    {"bandwidth-mb", required_argument, 0, 'b'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    *o = (model_options){.prompt_len = 512, .decode = 128, .repeats = 3, .seed = 1};
+    *o = (model_options){
+        .prompt_len = 512, .decode = 128, .repeats = 3, .seed = 1, .bandwidth_mb = 512};
     int c;
     while ((c = getopt_long(argc, argv, "m:h", longs, NULL)) != -1) {
         if (c == 'h')
@@ -242,6 +250,7 @@ static double median(double *v, int n)
 typedef struct {
     double prefill_tok_s, decode_tok_s, ttft_ms;
     double peak_rss_mb, file_mb, load_s, weights_mb_per_token;
+    double bandwidth_gb_s; /* read after the timed runs in this process; 0 = not measured */
     int prompt_len;
     bool clipped;
 } model_result;
@@ -310,6 +319,8 @@ static void print_json(const bench_session *s, const model_options *o, const run
     cJSON_AddNumberToObject(rec, "context", zq_context_size(s->ctx));
     cJSON_AddNumberToObject(rec, "weights_mb_per_token",
                             cli_bench_round(r->weights_mb_per_token, 3));
+    if (r->bandwidth_gb_s > 0)
+        cJSON_AddNumberToObject(rec, "bandwidth_gb_s", cli_bench_round(r->bandwidth_gb_s, 2));
     cJSON_AddNumberToObject(rec, "kv_mb_per_token", cli_bench_round(kv_mb_per_token(s, o, r), 3));
     cJSON_AddStringToObject(rec, "kv_type", zq_kv_type_name(zq_context_kv_type(s->ctx)));
     cJSON_AddStringToObject(rec, "kernels", s->model->kernels->name);
@@ -335,6 +346,12 @@ static void print_text(const bench_session *s, const model_options *o, const mod
     printf("peak RSS: %.1f MiB\n", r->peak_rss_mb);
     printf("weights read per token: %.2f MB; speeds are medians of %d runs\n",
            r->weights_mb_per_token, o->repeats);
+    if (r->bandwidth_gb_s > 0) {
+        const double limit = r->bandwidth_gb_s * 1e3 / r->weights_mb_per_token;
+        printf("read bandwidth after the runs: %.2f GB/s, a decode limit of %.1f tokens/s; "
+               "decode reached %.2f of it\n",
+               r->bandwidth_gb_s, limit, r->decode_tok_s / limit);
+    }
 }
 
 /* Shortens the prompt when prompt and decoded tokens exceed the model's positions. */
@@ -412,6 +429,16 @@ static int measure(bench_session *s, const model_options *o, model_result *r, in
         return ZQ_EXIT_FAIL;
     }
     summarize(runs, o, r);
+    if (o->bandwidth_mb > 0) {
+        /* The bandwidth of a shared or multi-socket machine depends on where the threads and
+         * pages of a process land, so it is read here, by the process that just decoded. */
+        r->bandwidth_gb_s = cli_bench_read_bandwidth(o->bandwidth_mb, threads, 10, NULL);
+        if (r->bandwidth_gb_s < 0) {
+            ZQ_WARN("cannot allocate %ld MiB to read the bandwidth; pass a smaller "
+                    "--bandwidth-mb", o->bandwidth_mb);
+            r->bandwidth_gb_s = 0;
+        }
+    }
     if (o->json)
         print_json(s, o, runs, r, threads);
     else

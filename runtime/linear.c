@@ -72,6 +72,7 @@ typedef struct {
     float *y;       /* [M][N] */
     int M, N, K;
     zq_linear_scratch *s;
+    bool quantized; /* the activations are already in s, quantized before the threads start */
 } linear_job;
 
 static void add_bias(const linear_job *job, int n0, int n1)
@@ -173,11 +174,13 @@ static void linear_thread(const linear_job *job, int t, int nt)
 {
     int b, e;
     if (job->w->type == ZQ_TYPE_Q8) {
-        thread_range(job->M, 1, t, nt, &b, &e);
-        for (int m = b; m < e; m++)
-            job->k->quantize_row_s8(job->x + (size_t)m * job->K, job->K,
-                                    job->s->q + (size_t)m * job->K, &job->s->scales[m]);
-        OMP_BARRIER
+        if (!job->quantized) {
+            thread_range(job->M, 1, t, nt, &b, &e);
+            for (int m = b; m < e; m++)
+                job->k->quantize_row_s8(job->x + (size_t)m * job->K, job->K,
+                                        job->s->q + (size_t)m * job->K, &job->s->scales[m]);
+            OMP_BARRIER
+        }
         thread_range(job->N, LINEAR_ROW_UNIT, t, nt, &b, &e);
         q8_rows(job, b, e);
     } else {
@@ -219,7 +222,7 @@ void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const
 {
     if (M <= 0 || w->rows <= 0)
         return;
-    linear_job job = {k, w, bias, x, y, M, w->rows, w->cols, s};
+    linear_job job = {k, w, bias, x, y, M, w->rows, w->cols, s, false};
     if (w->type == ZQ_TYPE_Q8 && M == 1)
         job.k = single_row_kernels(k);
     if (w->type != ZQ_TYPE_Q8) {
@@ -239,6 +242,11 @@ void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const
         if (zq_linear_uses_dnnl(w, job.M, n_threads) &&
             zq_linear_dnnl(w, bias, job.x, job.M, job.y, s, n_threads))
             continue;
+        /* One row (decode) is quantized before the threads start: that costs a microsecond
+         * and saves the barrier every thread would wait at. */
+        job.quantized = job.M == 1;
+        if (job.quantized)
+            job.k->quantize_row_s8(job.x, job.K, s->q, &s->scales[0]);
         linear_run(&job, n_threads);
     }
 }

@@ -49,7 +49,7 @@ check bad_passes_exit2 test $? -eq 2
 
 # --- model ------------------------------------------------------------------------------------
 bench_model() {
-    "$ZQ" bench model --json --prompt-len 16 --decode 8 --repeats 2 "$@"
+    "$ZQ" bench model --json --prompt-len 16 --decode 8 --repeats 2 --bandwidth-mb 16 "$@"
 }
 bench_model --threads 1 >"$tmp/m1.json" 2>"$tmp/m1.err"
 check model_exit0 test $? -eq 0
@@ -74,6 +74,11 @@ check model_tokens_present test -n "$(tokens "$tmp/m1.json")"
 check model_tokens_same_across_threads test "$(tokens "$tmp/m1.json")" = "$(tokens "$tmp/m2.json")"
 check model_name_option has_string "$tmp/m2.json" model tiny
 check model_kv_type_auto has_string "$tmp/m1.json" kv_type f16
+check model_bandwidth_read grep -q '"bandwidth_gb_s":[1-9]' "$tmp/m1.json"
+"$ZQ" bench model --json --prompt-len 4 --decode 2 --repeats 1 --bandwidth-mb 0 >"$tmp/nobw.json"
+check model_bandwidth_skipped test -z "$(grep -o bandwidth_gb_s "$tmp/nobw.json")"
+"$ZQ" bench model --bandwidth-mb -1 2>"$tmp/err"
+check model_bandwidth_bad_exit2 test $? -eq 2
 bench_model --threads 1 --kv-type f32 >"$tmp/kv32.json"
 check model_kv_type_f32 has_string "$tmp/kv32.json" kv_type f32
 kv_mb() { grep -o '"kv_mb_per_token":[0-9.]*' "$1" | cut -d: -f2; }
