@@ -149,9 +149,9 @@ done
 # the report keeps the faster decode. While another job runs on one of the two cores, every
 # OpenMP barrier waits for the descheduled thread, which can cut decoding five-fold.
 # Each process also reads a buffer of $BW_MB MiB after its timed runs (bandwidth_gb_s in the
-# record), because the read bandwidth of this machine changes from one process to the next,
-# with where the host runs its threads, and the targets compare decode with the bandwidth of
-# the process that decoded.
+# record). The read bandwidth of a shared machine changes from one process to the next, with
+# where the host runs its threads, so the targets compare decode with the bandwidth of the
+# process that decoded.
 zq_model() {
     name=$1 type=$2 t=$3 plen=$4
     shift 4

@@ -17,9 +17,9 @@ int cli_bench_model(int argc, char **argv);
  * region then gets (1 in a build without OpenMP), so that records state what actually ran. */
 int cli_bench_set_threads(int requested);
 
-/* Reads a fresh buffer of mb MiB with n_threads threads, as `zq bench bandwidth` does, and
- * returns the best rate of passes passes in GB/s, each pass's rate in gbs[passes] when gbs is
- * not NULL, or -1 when the buffer cannot be allocated. */
+/* Reads a fresh buffer of mb MiB with n_threads threads, as `zq bench bandwidth` does. Returns
+ * the best rate of the passes in GB/s, or -1 when the buffer cannot be allocated. When gbs is
+ * not NULL, gbs[passes] receives the rate of each pass. */
 double cli_bench_read_bandwidth(long mb, int n_threads, int passes, double *gbs);
 
 /* Prints a JSON record on one line of stdout and frees it. */

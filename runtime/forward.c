@@ -362,7 +362,7 @@ static void weigh_chunk(const zq_kernels *k, const float *weights, const zq_kv *
  * once, so every pass over the cache reads whole rows. Reading one head's 64-float slice of
  * each row instead ran at half the memory bandwidth. The positions are split into chunks of
  * ZQ_ATT_CHUNK whose partial outputs are added in chunk order, so the result does not depend
- * on the thread count. The scores scratch holds the weights [heads][T], then the partials
+ * on the thread count. The scores scratch contains the weights [heads][T], then the partials
  * [chunks][d]. */
 static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, int layer, int pos,
                           int n_threads)

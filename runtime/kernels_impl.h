@@ -22,9 +22,9 @@ extern const zq_kernels zq_kernels_neondot_table;
  * returns the fastest supported table. */
 const zq_kernels *zq_kernels_select(const char *forced);
 
-/* Attention over an f16 cache (see zq_kernels): the portable versions, which the SIMD ones
- * fall back to when hd is not a multiple of 8, and the AVX2 + F16C ones, which the AVX-512
- * table shares because its vectors would change the order of the additions. */
+/* Attention over an f16 cache (see zq_kernels). The SIMD versions fall back to the portable
+ * ones when hd is not a multiple of 8. The AVX-512 table uses the AVX2 + F16C versions, because
+ * 16-lane vectors would change the order of the additions. */
 void zq_attn_scores_f16_ref(const float *q, const uint16_t *keys, int n, int heads, int hd,
                             float *scores, size_t ld);
 void zq_attn_values_f16_ref(const float *w, size_t ld, const uint16_t *values, int n, int heads,

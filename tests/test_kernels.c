@@ -386,9 +386,9 @@ static void test_gemm_f16_conversion(void)
     for_each_variant(f16_convert_variant);
 }
 
-/* The row conversions of the f16 KV cache must give the reference's bits in every table,
- * NaN included: all 65536 halfs to f32, then f32 values around every half (midpoints, which
- * round to even, and their neighbours), out-of-range values, and lengths that leave tails. */
+/* The row conversions of the f16 KV cache must give the reference's bits in every table, NaN
+ * included. The cases are all 65536 halfs to f32, then f32 values around every half (midpoints,
+ * which round to even, and their neighbours), out-of-range values, and lengths with tails. */
 static void row_convert_variant(const zq_kernels *k)
 {
     enum { N = 65536 };
@@ -447,9 +447,9 @@ static void test_row_conversions(void)
     for_each_variant(row_convert_variant);
 }
 
-/* The attention kernels of an f16 cache promise the reference's bits: head sizes that take the
- * vector path (64, 8) and one that falls back (12), head counts that do not fill a group of
- * eight, and row counts around the prefetch distance. */
+/* The attention kernels of an f16 cache must give the reference's bits. The cases cover head
+ * sizes that take the vector path (64, 8) and one that falls back (12), head counts that do not
+ * fill a group of eight, and from 1 to 70 rows. */
 static void attn_f16_variant(const zq_kernels *k)
 {
     static const int shapes[][3] = {{12, 64, 70}, {3, 8, 5}, {9, 64, 1}, {5, 12, 9}, {1, 64, 4}};
