@@ -228,7 +228,9 @@ static void check_q8_linear(const char *what, const test_weights *t, const float
 
 static void test_linear_q8_row_scales(void)
 {
-    static const int shapes[][3] = {{1, 70, 45}, {3, 33, 768}, {17, 100, 67}, {70, 48, 130}};
+    /* 1 x 4500 spans several of the wide tiles that one-row products use. */
+    static const int shapes[][3] = {
+        {1, 70, 45}, {1, 4500, 96}, {3, 33, 768}, {17, 100, 67}, {70, 48, 130}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
         test_weights t;
@@ -339,7 +341,8 @@ static const char *type_label(const zq_weight *w)
 /* Every weight type and several shapes: 1, 2 and 3 threads give the same bytes. */
 static void test_linear_threads_bit_identical(void)
 {
-    static const int shapes[][3] = {{1, 100, 67}, {1, 768, 768}, {37, 130, 96}, {70, 33, 64}};
+    static const int shapes[][3] = {
+        {1, 100, 67}, {1, 768, 768}, {1, 4500, 96}, {37, 130, 96}, {70, 33, 64}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
         test_weights t, tg;
