@@ -70,7 +70,8 @@ static void help(void)
            "                      (default auto)\n"
            "  --bandwidth-mb MB   after the timed runs, read a buffer of MB MiB as 'zq bench\n"
            "                      bandwidth' does, for the decode limit of this process;\n"
-           "                      0 = skip (default 512). Peak RSS is taken before it.\n"
+           "                      0 = skip (default 512). Use a size far above the last-level\n"
+           "                      cache. Peak RSS is taken before the read.\n"
            "  --prompt-len N      prompt tokens (default 512)\n"
            "  --decode N          tokens decoded after the first one (default 128)\n"
            "  --repeats N         timed runs after a warm-up; medians are reported (default 3)\n"
@@ -344,13 +345,17 @@ static void print_text(const bench_session *s, const model_options *o, const mod
     printf("decode:   %.2f tokens/s (%d tokens, greedy)\n", r->decode_tok_s, o->decode);
     printf("KV cache: %s\n", zq_kv_type_name(zq_context_kv_type(s->ctx)));
     printf("peak RSS: %.1f MiB\n", r->peak_rss_mb);
-    printf("weights read per token: %.2f MB; speeds are medians of %d runs\n",
-           r->weights_mb_per_token, o->repeats);
+    printf("read per token: %.2f MB of weights, %.2f MB of KV cache on average; speeds are "
+           "medians of %d runs\n",
+           r->weights_mb_per_token, kv_mb_per_token(s, o, r), o->repeats);
     if (r->bandwidth_gb_s > 0) {
         const double limit = r->bandwidth_gb_s * 1e3 / r->weights_mb_per_token;
-        printf("read bandwidth after the runs: %.2f GB/s, a decode limit of %.1f tokens/s; "
-               "decode reached %.2f of it\n",
-               r->bandwidth_gb_s, limit, r->decode_tok_s / limit);
+        const double with_kv =
+            r->bandwidth_gb_s * 1e3 / (r->weights_mb_per_token + kv_mb_per_token(s, o, r));
+        printf("read bandwidth after the runs: %.2f GB/s; decode limit %.1f tokens/s for the "
+               "weights alone, %.1f with the KV cache; decode reached %.2f and %.2f of them\n",
+               r->bandwidth_gb_s, limit, with_kv, r->decode_tok_s / limit,
+               r->decode_tok_s / with_kv);
     }
 }
 
@@ -434,9 +439,9 @@ static int measure(bench_session *s, const model_options *o, model_result *r, in
          * pages of a process land, so it is read here, by the process that just decoded. */
         r->bandwidth_gb_s = cli_bench_read_bandwidth(o->bandwidth_mb, threads, 10, NULL);
         if (r->bandwidth_gb_s < 0) {
-            ZQ_WARN("cannot allocate %ld MiB to read the bandwidth; pass a smaller "
-                    "--bandwidth-mb", o->bandwidth_mb);
-            r->bandwidth_gb_s = 0;
+            cli_error(CMD, "cannot allocate %ld MiB for --bandwidth-mb; pass a smaller value",
+                      o->bandwidth_mb);
+            return ZQ_EXIT_FAIL;
         }
     }
     if (o->json)

@@ -33,7 +33,7 @@ static void help(const zq_serve_config *d)
            "  --queue N                requests waiting for a busy slot before 503 (default %d)\n"
            "  --threads N              threads per forward pass (default: the physical cores)\n"
            "  --ctx-size N             KV cache positions per slot, at least %d\n"
-           "                           (default: the model's)\n"
+           "                           (default: the model's)\n" CLI_KV_TYPE_HELP
            "  --history N              exchanges kept per /chat session (default %d)\n",
            d->host, d->port, d->parallel, d->queue, ZQ_SERVE_MIN_CTX, d->history);
     printf("  --session-ttl SECONDS    forget a session this long after its last use\n"

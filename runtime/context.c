@@ -191,6 +191,11 @@ zq_kv_type zq_context_kv_type(const zq_context *ctx)
     return ctx->kv.type;
 }
 
+zq_kv_type zq_model_kv_type(const zq_model *model, zq_kv_type requested)
+{
+    return zq_kv_resolve(requested, model->type);
+}
+
 const char *zq_kv_type_name(zq_kv_type type)
 {
     switch (type) {

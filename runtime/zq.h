@@ -162,7 +162,7 @@ typedef enum {
     ZQ_KV_F16 = 2,
 } zq_kv_type;
 
-const char *zq_kv_type_name(zq_kv_type type); /* "auto", "f32", "f16" */
+const char *zq_kv_type_name(zq_kv_type type); /* "auto", "f32", "f16"; "unknown" otherwise */
 /* Parses "auto", "f32" or "f16"; returns ZQ_ERR_INVALID_ARG for anything else. */
 zq_status zq_kv_type_parse(const char *name, zq_kv_type *out);
 
@@ -189,6 +189,8 @@ const float *zq_context_logits(const zq_context *ctx);
 int zq_context_pos(const zq_context *ctx);  /* tokens in the KV cache */
 int zq_context_size(const zq_context *ctx); /* n_ctx of this context */
 zq_kv_type zq_context_kv_type(const zq_context *ctx); /* ZQ_KV_F32 or ZQ_KV_F16, never auto */
+/* Returns the cache type a context of this model gets when it requests the given one. */
+zq_kv_type zq_model_kv_type(const zq_model *model, zq_kv_type requested);
 
 /* Drops the cache entries at positions >= pos, so a prompt prefix can be reused. */
 void zq_context_truncate(zq_context *ctx, int pos);

@@ -90,6 +90,7 @@ check run_f32_with_f16_cache test "$out" = "我们在这儿"
 "$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --kv-type int8 2>"$tmp/err"
 check run_bad_kv_type_exit2 test $? -eq 2
 check run_bad_kv_type_message grep -q "invalid value 'int8' for --kv-type" "$tmp/err"
+check serve_help_kv_type sh -c "\"$ZQ\" serve --help | grep -q -- --kv-type"
 "$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --temperature -1 2>"$tmp/err"
 check run_bad_temperature_exit2 test $? -eq 2
 check run_bad_temperature_message grep -q "invalid value '-1' for --temperature" "$tmp/err"
