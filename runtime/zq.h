@@ -155,7 +155,8 @@ size_t zq_detok_stream_push(zq_detok_stream *stream, int32_t id, char *buf, size
 typedef struct zq_context zq_context;
 
 /* Element type of the KV cache. Decoding reads the whole cache once per token, so at long
- * contexts the cache costs as much memory bandwidth as the weights: f16 halves that. */
+ * contexts the cache costs as much memory bandwidth as the weights: f16 halves that.
+ * TODO: an int8 cache would halve it again, but needs a scale scheme and accuracy checks. */
 typedef enum {
     ZQ_KV_AUTO = 0, /* f32 for f32 weights (the exact comparison path), f16 otherwise */
     ZQ_KV_F32 = 1,
