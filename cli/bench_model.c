@@ -345,13 +345,13 @@ static void print_text(const bench_session *s, const model_options *o, const mod
     printf("decode:   %.2f tokens/s (%d tokens, greedy)\n", r->decode_tok_s, o->decode);
     printf("KV cache: %s\n", zq_kv_type_name(zq_context_kv_type(s->ctx)));
     printf("peak RSS: %.1f MiB\n", r->peak_rss_mb);
+    const double kv_mb = kv_mb_per_token(s, o, r);
     printf("read per token: %.2f MB of weights, %.2f MB of KV cache on average; speeds are "
            "medians of %d runs\n",
-           r->weights_mb_per_token, kv_mb_per_token(s, o, r), o->repeats);
+           r->weights_mb_per_token, kv_mb, o->repeats);
     if (r->bandwidth_gb_s > 0) {
         const double limit = r->bandwidth_gb_s * 1e3 / r->weights_mb_per_token;
-        const double with_kv =
-            r->bandwidth_gb_s * 1e3 / (r->weights_mb_per_token + kv_mb_per_token(s, o, r));
+        const double with_kv = r->bandwidth_gb_s * 1e3 / (r->weights_mb_per_token + kv_mb);
         printf("read bandwidth after the runs: %.2f GB/s; decode limit %.1f tokens/s for the "
                "weights alone, %.1f with the KV cache; decode reached %.2f and %.2f of them\n",
                r->bandwidth_gb_s, limit, with_kv, r->decode_tok_s / limit,
