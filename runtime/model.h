@@ -54,16 +54,24 @@ struct zq_model {
 };
 
 /* KV cache of one sequence: per layer, keys and values [cap][n_embd] of f32 or IEEE half
- * (type), grown on demand up to max positions so memory follows the context actually used. */
+ * (type), grown on demand up to max positions so memory follows the context actually used.
+ * All of them lie in one allocation, arena. */
 typedef struct {
-    void **k;        /* [n_layer] */
-    void **v;        /* [n_layer] */
+    void *arena;
+    void **k;        /* [n_layer], into arena */
+    void **v;        /* [n_layer], into arena */
     zq_kv_type type; /* ZQ_KV_F32 or ZQ_KV_F16 */
     int cap;
     int max;
     int n_layer;
     int n_embd;
 } zq_kv;
+
+/* Returns the bytes of one cached element of the given type. */
+static inline size_t zq_kv_elem_size(zq_kv_type type)
+{
+    return type == ZQ_KV_F16 ? sizeof(uint16_t) : sizeof(float);
+}
 
 /* Returns the cache type that auto stands for with weights of the given type. */
 zq_kv_type zq_kv_resolve(zq_kv_type requested, zq_type weights);

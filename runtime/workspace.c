@@ -34,6 +34,20 @@ zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions, zq_kv_t
     return ZQ_OK;
 }
 
+/* Points k[l] and v[l] into arena, which holds [n_layer][k, v][cap][n_embd] elements. */
+static void kv_point(zq_kv *kv, unsigned char *arena, int cap)
+{
+    const size_t bytes = (size_t)cap * kv->n_embd * zq_kv_elem_size(kv->type);
+    for (int l = 0; l < kv->n_layer; l++) {
+        kv->k[l] = arena + (size_t)(2 * l) * bytes;
+        kv->v[l] = arena + (size_t)(2 * l + 1) * bytes;
+    }
+}
+
+/* The cache is one allocation rather than one per layer and tensor: at the sizes of a
+ * 768-wide model (about 1.5 MB per tensor at 1,024 positions) only the whole cache reaches the
+ * size that zq_aligned_alloc backs with 2 MiB pages, and reading it through 4 KB pages made
+ * decode attention about 25% slower (the hardware prefetcher stops at every page). */
 zq_status zq_kv_reserve(zq_kv *kv, int positions)
 {
     if (positions <= kv->cap)
@@ -47,28 +61,25 @@ zq_status zq_kv_reserve(zq_kv *kv, int positions)
     if (cap > kv->max)
         cap = kv->max;
 
-    const size_t elem = kv->type == ZQ_KV_F16 ? sizeof(uint16_t) : sizeof(float);
-    const size_t bytes = (size_t)cap * kv->n_embd * elem;
-    for (int l = 0; l < kv->n_layer; l++) {
-        void *k = realloc(kv->k[l], bytes);
-        if (k)
-            kv->k[l] = k;
-        void *v = realloc(kv->v[l], bytes);
-        if (v)
-            kv->v[l] = v;
-        if (!k || !v)
-            return zq_fail(ZQ_ERR_NOMEM, "KV cache: out of memory for %d positions", cap);
+    const size_t row = (size_t)kv->n_embd * zq_kv_elem_size(kv->type);
+    unsigned char *arena = zq_aligned_alloc((size_t)2 * kv->n_layer * cap * row);
+    if (!arena)
+        return zq_fail(ZQ_ERR_NOMEM, "KV cache: out of memory for %d positions", cap);
+    const size_t kept = (size_t)kv->cap * row;
+    for (int l = 0; l < kv->n_layer && kept > 0; l++) {
+        memcpy(arena + (size_t)(2 * l) * cap * row, kv->k[l], kept);
+        memcpy(arena + (size_t)(2 * l + 1) * cap * row, kv->v[l], kept);
     }
+    zq_aligned_free(kv->arena);
+    kv->arena = arena;
     kv->cap = cap;
+    kv_point(kv, arena, cap);
     return ZQ_OK;
 }
 
 void zq_kv_free(zq_kv *kv)
 {
-    for (int l = 0; l < kv->n_layer && kv->k; l++)
-        free(kv->k[l]);
-    for (int l = 0; l < kv->n_layer && kv->v; l++)
-        free(kv->v[l]);
+    zq_aligned_free(kv->arena);
     free(kv->k);
     free(kv->v);
     memset(kv, 0, sizeof *kv);

@@ -205,6 +205,33 @@ static void kv_cache_types(void)
     CHECK(ctx == NULL, "context left behind");
 }
 
+/* The cache starts small and is reallocated as it fills, keeping the rows it holds. A long
+ * prompt fed in chunks that cross several reallocations must give the logits of the same prompt
+ * evaluated into a cache sized for it at once (within float rounding: chunks take the prefill
+ * path over rows already cached). */
+static void cache_growth_keeps_rows(void)
+{
+    enum { LEN = 200 };
+    int32_t ids[LEN];
+    for (int i = 0; i < LEN; i++)
+        ids[i] = 100 + (int32_t)((i * 7919u) % (unsigned)(vocab - 100));
+    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16};
+    for (int t = 0; t < 2; t++) {
+        zq_context *whole = new_context_kv(model_f32, 2, 0, kv_types[t]);
+        zq_context *grown = new_context_kv(model_f32, 2, 0, kv_types[t]);
+        CHECK(zq_context_eval(whole, ids, LEN, NULL) == ZQ_OK, "%s", zq_last_error());
+        for (int i = 0; i < LEN; i += 37) {
+            const int n = LEN - i < 37 ? LEN - i : 37;
+            CHECK(zq_context_eval(grown, ids + i, n, NULL) == ZQ_OK, "%s", zq_last_error());
+        }
+        const double d = max_diff(zq_context_logits(whole), zq_context_logits(grown));
+        CHECK(d < 1e-4, "%s cache: logits after growing differ by %g", zq_kv_type_name(kv_types[t]),
+              d);
+        zq_context_free(whole);
+        zq_context_free(grown);
+    }
+}
+
 static void context_limit_is_reported(void)
 {
     zq_context *ctx = NULL;
@@ -348,6 +375,7 @@ int main(void)
     ZQ_RUN(chunked_prompt_matches_whole);
     ZQ_RUN(batched_decode_matches_single);
     ZQ_RUN(kv_cache_types);
+    ZQ_RUN(cache_growth_keeps_rows);
     ZQ_RUN(context_limit_is_reported);
     ZQ_RUN(chat_prompt_drops_oldest);
     ZQ_RUN(chat_keeps_last_exchanges);
