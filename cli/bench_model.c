@@ -66,8 +66,8 @@ static void help(void)
            "  -m, --model FILE    the .zq model (default: the embedded zh-chat-tiny)\n"
            "  --name NAME         model label in the output (default: the file name)\n"
            "  --threads N         threads (default: the number of physical cores)\n"
-           "  --kv-type T         KV cache: auto (f32 for f32 weights, else f16), f32 or f16\n"
-           "                      (default auto)\n"
+           "  --kv-type T         KV cache: auto (f32 for f32 weights, else f16), f32, f16\n"
+           "                      or int8 (default auto)\n"
            "  --bandwidth-mb MB   after the timed runs, read a buffer of MB MiB as 'zq bench\n"
            "                      bandwidth' does, for the decode limit of this process;\n"
            "                      0 = skip (default 512). Use a size far above the last-level\n"
@@ -292,10 +292,9 @@ static void add_runs(cJSON *rec, const run_times *runs, const model_options *o,
 static double kv_mb_per_token(const bench_session *s, const model_options *o,
                               const model_result *r)
 {
-    const zq_hparams *hp = zq_model_hparams(s->model);
     const double mean_positions = r->prompt_len + (o->decode + 1) / 2.0;
-    const double elem = zq_context_kv_type(s->ctx) == ZQ_KV_F16 ? 2 : 4;
-    return 2.0 * hp->n_layer * mean_positions * hp->n_embd * elem / 1e6;
+    const zq_kv_type type = zq_context_kv_type(s->ctx);
+    return mean_positions * (double)zq_model_kv_bytes_per_position(s->model, type) / 1e6;
 }
 
 static void print_json(const bench_session *s, const model_options *o, const run_times *runs,

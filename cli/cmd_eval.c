@@ -43,7 +43,9 @@ static void help(void)
         "  --json              print JSON instead of the table\n"
         "  --threads N         threads, default the number of physical cores\n"
         "  --kv-type T         KV cache of every model: auto (f32 for f32 weights, else f16),\n"
-        "                      f32 or f16 (default auto)\n"
+        "                      f32, f16 or int8 (default auto)\n"
+        "  --ref-kv-type T     KV cache of the reference instead (default: as --kv-type), to\n"
+        "                      score a cache type against an exact reference\n"
         "  -q, --quiet         no progress bar\n"
         "  -h, --help          show this help\n",
         MAX_MODELS, ZQ_EVAL_DEFAULT_WINDOW);
@@ -109,6 +111,9 @@ static int parse_option(int c, options *o)
         return ZQ_EXIT_OK;
     case 'k':
         return cli_parse_kv_type(CMD, optarg, &o->p.kv_type) ? ZQ_EXIT_OK : ZQ_EXIT_USAGE;
+    case 'K':
+        o->p.ref_kv_set = true;
+        return cli_parse_kv_type(CMD, optarg, &o->p.ref_kv_type) ? ZQ_EXIT_OK : ZQ_EXIT_USAGE;
     case 'n':
         if (!cli_parse_int(CMD, "max-tokens", optarg, 2, 1 << 30, &v))
             return ZQ_EXIT_USAGE;
@@ -128,7 +133,8 @@ static int parse_options(int argc, char **argv, options *o)
         {"per-layer", no_argument, 0, 'l'},    {"json", no_argument, 0, 'j'},
         {"threads", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
         {"max-tokens", required_argument, 0, 'n'}, {"kv-type", required_argument, 0, 'k'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+        {"ref-kv-type", required_argument, 0, 'K'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "m:qh", longs, NULL)) != -1) {
@@ -186,13 +192,15 @@ static void print_table(const options *o, zq_model *const *models, int ref,
     int width = 5;
     for (int i = 0; i < o->n_paths; i++)
         width = (int)strlen(o->paths[i]) > width ? (int)strlen(o->paths[i]) : width;
-    printf("%-*s %-5s %9s %7s %9s %9s %9s %9s %7s %10s %9s\n", width, "model", "type", "ppl",
-           "ratio", "kld_mean", "kld_med", "kld_p99", "kld_max", "top1_%", "dp_mean", "dp_rms");
+    printf("%-*s %-5s %-4s %9s %7s %9s %9s %9s %9s %7s %10s %9s\n", width, "model", "type", "kv",
+           "ppl", "ratio", "kld_mean", "kld_med", "kld_p99", "kld_max", "top1_%", "dp_mean",
+           "dp_rms");
     for (int i = 0; i < o->n_paths; i++) {
         const zq_eval_stats *s = &res[i].stats;
+        const zq_kv_type kv = zq_eval_kv_type(models[i], i == ref, &o->p);
         /* Random-weight test models reach perplexities beyond the fixed-point column. */
-        printf(s->ppl < 1e5 ? "%-*s %-5s %9.4f" : "%-*s %-5s %9.3e", width, o->paths[i],
-               zq_type_name(zq_model_type(models[i])), s->ppl);
+        printf(s->ppl < 1e5 ? "%-*s %-5s %-4s %9.4f" : "%-*s %-5s %-4s %9.3e", width,
+               o->paths[i], zq_type_name(zq_model_type(models[i])), zq_kv_type_name(kv), s->ppl);
         printf(" %7.4f %9.3e %9.3e %9.3e %9.3e %7.3f %+10.3e %9.3e\n", s->ppl_ratio,
                s->kld_mean, s->kld_median, s->kld_p99, s->kld_max, 100 * s->same_top1,
                s->dp_mean, s->dp_rms);
@@ -235,7 +243,7 @@ static cJSON *json_layers(const zq_eval_result *r)
 }
 
 static cJSON *json_model(const char *path, const zq_model *m, const zq_eval_result *r,
-                         bool is_ref, bool per_layer)
+                         bool is_ref, const zq_eval_params *p)
 {
     const zq_eval_stats *s = &r->stats;
     cJSON *item = cJSON_CreateObject();
@@ -243,6 +251,7 @@ static cJSON *json_model(const char *path, const zq_model *m, const zq_eval_resu
     cJSON_AddStringToObject(item, "type", zq_type_name(zq_model_type(m)));
     cJSON_AddStringToObject(item, "desc", zq_model_desc(m));
     cJSON_AddBoolToObject(item, "reference", is_ref);
+    cJSON_AddStringToObject(item, "kv_type", zq_kv_type_name(zq_eval_kv_type(m, is_ref, p)));
     cJSON_AddNumberToObject(item, "ppl", s->ppl);
     cJSON_AddNumberToObject(item, "ppl_ratio", s->ppl_ratio);
     cJSON_AddNumberToObject(item, "kld_mean", s->kld_mean);
@@ -252,7 +261,7 @@ static cJSON *json_model(const char *path, const zq_model *m, const zq_eval_resu
     cJSON_AddNumberToObject(item, "same_top1", s->same_top1);
     cJSON_AddNumberToObject(item, "dp_mean", s->dp_mean);
     cJSON_AddNumberToObject(item, "dp_rms", s->dp_rms);
-    if (per_layer)
+    if (p->per_layer)
         cJSON_AddItemToObject(item, "layers", json_layers(r));
     return item;
 }
@@ -270,8 +279,7 @@ static void print_json(const options *o, zq_model *const *models, int ref,
     cJSON_AddStringToObject(root, "ref", o->paths[ref]);
     cJSON *list = cJSON_AddArrayToObject(root, "models");
     for (int i = 0; i < o->n_paths; i++)
-        cJSON_AddItemToArray(list, json_model(o->paths[i], models[i], &res[i], i == ref,
-                                              o->p.per_layer));
+        cJSON_AddItemToArray(list, json_model(o->paths[i], models[i], &res[i], i == ref, &o->p));
     char *text = cJSON_Print(root);
     if (text)
         printf("%s\n", text);

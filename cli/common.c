@@ -33,7 +33,7 @@ bool cli_parse_kv_type(const char *cmd, const char *arg, zq_kv_type *out)
 {
     if (zq_kv_type_parse(arg, out) == ZQ_OK)
         return true;
-    cli_error(cmd, "invalid value '%s' for --kv-type: expected auto, f32 or f16", arg);
+    cli_error(cmd, "invalid value '%s' for --kv-type: expected auto, f32, f16 or int8", arg);
     return false;
 }
 

@@ -57,7 +57,7 @@ zq_status zq_context_create(const zq_model *model, const zq_context_params *para
                        n_ctx, hp->n_ctx);
     if (n_batch > n_ctx)
         n_batch = n_ctx;
-    if (params && (params->kv_type < ZQ_KV_AUTO || params->kv_type > ZQ_KV_F16))
+    if (params && (params->kv_type < ZQ_KV_AUTO || params->kv_type > ZQ_KV_Q8))
         return zq_fail(ZQ_ERR_INVALID_ARG, "unknown KV cache type %d", (int)params->kv_type);
 
     zq_context *c = calloc(1, sizeof *c);
@@ -196,6 +196,14 @@ zq_kv_type zq_model_kv_type(const zq_model *model, zq_kv_type requested)
     return zq_kv_resolve(requested, model->type);
 }
 
+size_t zq_model_kv_bytes_per_position(const zq_model *model, zq_kv_type type)
+{
+    const zq_kv_type t = zq_kv_resolve(type, model->type);
+    const zq_hparams *hp = &model->hp;
+    const size_t scales = t == ZQ_KV_Q8 ? (size_t)hp->n_head * sizeof(float) : 0;
+    return 2 * (size_t)hp->n_layer * ((size_t)hp->n_embd * zq_kv_elem_size(t) + scales);
+}
+
 const char *zq_kv_type_name(zq_kv_type type)
 {
     switch (type) {
@@ -205,20 +213,22 @@ const char *zq_kv_type_name(zq_kv_type type)
         return "f32";
     case ZQ_KV_F16:
         return "f16";
+    case ZQ_KV_Q8:
+        return "int8";
     }
     return "unknown";
 }
 
 zq_status zq_kv_type_parse(const char *name, zq_kv_type *out)
 {
-    static const zq_kv_type types[] = {ZQ_KV_AUTO, ZQ_KV_F32, ZQ_KV_F16};
+    static const zq_kv_type types[] = {ZQ_KV_AUTO, ZQ_KV_F32, ZQ_KV_F16, ZQ_KV_Q8};
     for (size_t i = 0; name && out && i < sizeof types / sizeof types[0]; i++) {
         if (strcmp(name, zq_kv_type_name(types[i])) == 0) {
             *out = types[i];
             return ZQ_OK;
         }
     }
-    return zq_fail(ZQ_ERR_INVALID_ARG, "unknown KV cache type '%s' (expected auto, f32 or f16)",
+    return zq_fail(ZQ_ERR_INVALID_ARG, "unknown KV cache type '%s' (expected auto, f32, f16 or int8)",
                    name ? name : "(null)");
 }
 

@@ -275,6 +275,12 @@ static zq_status alloc_probe(run_state *s, int n_models)
     return ZQ_OK;
 }
 
+zq_kv_type zq_eval_kv_type(const zq_model *model, bool is_ref, const zq_eval_params *params)
+{
+    const zq_kv_type t = is_ref && params->ref_kv_set ? params->ref_kv_type : params->kv_type;
+    return zq_model_kv_type(model, t);
+}
+
 static zq_status run_init(run_state *s, long long scored, const zq_eval_params *p)
 {
     const size_t logits_bytes = (size_t)s->window * s->n_vocab * sizeof(float);
@@ -286,9 +292,11 @@ static zq_status run_init(run_state *s, long long scored, const zq_eval_params *
     if (!s->ctxs || !s->accs || !s->ref_logits || !s->logits || !s->ref_lse)
         return zq_fail(ZQ_ERR_NOMEM, "out of memory for two windows of %d x %d logits",
                        s->window, s->n_vocab);
-    const zq_context_params cp = {
-        .n_ctx = s->window, .n_threads = p->n_threads, .n_batch = s->window, .kv_type = p->kv_type};
     for (int i = 0; i < s->n_models; i++) {
+        const zq_context_params cp = {.n_ctx = s->window,
+                                      .n_threads = p->n_threads,
+                                      .n_batch = s->window,
+                                      .kv_type = zq_eval_kv_type(s->models[i], i == s->ref, p)};
         ZQ_TRY(zq_context_create(s->models[i], &cp, &s->ctxs[i]));
         ZQ_TRY(zq_eval_acc_init(&s->accs[i], scored));
     }

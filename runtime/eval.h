@@ -118,12 +118,18 @@ typedef struct {
     bool per_layer;   /* compare each layer's hidden states with the reference's */
     int n_threads;    /* 0 = physical cores */
     zq_kv_type kv_type; /* of every model's cache; 0 = ZQ_KV_AUTO, each model's own default */
+    bool ref_kv_set;        /* the reference's cache is ref_kv_type, not kv_type */
+    zq_kv_type ref_kv_type;
     /* Called after each window (done of total); may be NULL. */
     void (*progress)(int done, int total, void *user);
     void *progress_user;
 } zq_eval_params;
 
 #define ZQ_EVAL_DEFAULT_WINDOW 128
+
+/* Returns the cache type a model gets in a run under params; is_ref tells whether it is the
+ * run's reference. */
+zq_kv_type zq_eval_kv_type(const zq_model *model, bool is_ref, const zq_eval_params *params);
 
 /* The result of one model. */
 typedef struct {

@@ -177,20 +177,35 @@ static void embed(const zq_model *m, const int32_t *ids, const int *pos, int n, 
     }
 }
 
+/* Quantizes x [heads][hd] one head at a time into q, with one scale per head. */
+static void quantize_heads(const zq_kernels *k, const float *x, int heads, int hd, int8_t *q,
+                           float *scales)
+{
+    for (int h = 0; h < heads; h++)
+        k->quantize_row_s8(x + (size_t)h * hd, hd, q + (size_t)h * hd, &scales[h]);
+}
+
 /* Copies each row's k and v (from qkv) into its cache at its position, rounding them to half
- * for an f16 cache. */
+ * for an f16 cache and quantizing them per head for an int8 one. */
 static void store_kv(const zq_kernels *k, zq_kv *const *kvs, const int *pos, const float *qkv,
                      int n, int layer, int d)
 {
     for (int r = 0; r < n; r++) {
+        const zq_kv *kv = kvs[r];
         const float *src = qkv + (size_t)r * 3 * d;
         const size_t at = (size_t)pos[r] * d;
-        if (kvs[r]->type == ZQ_KV_F16) {
-            k->f32_to_f16(src + d, (uint16_t *)kvs[r]->k[layer] + at, (size_t)d);
-            k->f32_to_f16(src + 2 * d, (uint16_t *)kvs[r]->v[layer] + at, (size_t)d);
+        if (kv->type == ZQ_KV_Q8) {
+            const int heads = kv->n_head, hd = d / heads;
+            const size_t s = (size_t)pos[r] * heads;
+            quantize_heads(k, src + d, heads, hd, (int8_t *)kv->k[layer] + at, kv->ks[layer] + s);
+            quantize_heads(k, src + 2 * d, heads, hd, (int8_t *)kv->v[layer] + at,
+                           kv->vs[layer] + s);
+        } else if (kv->type == ZQ_KV_F16) {
+            k->f32_to_f16(src + d, (uint16_t *)kv->k[layer] + at, (size_t)d);
+            k->f32_to_f16(src + 2 * d, (uint16_t *)kv->v[layer] + at, (size_t)d);
         } else {
-            memcpy((float *)kvs[r]->k[layer] + at, src + d, (size_t)d * sizeof(float));
-            memcpy((float *)kvs[r]->v[layer] + at, src + 2 * d, (size_t)d * sizeof(float));
+            memcpy((float *)kv->k[layer] + at, src + d, (size_t)d * sizeof(float));
+            memcpy((float *)kv->v[layer] + at, src + 2 * d, (size_t)d * sizeof(float));
         }
     }
 }
@@ -258,11 +273,58 @@ VECTOR_CLONES static void softmax_window(float *scores, int n, float scale)
         scores[t] *= inv;
 }
 
+/* Sets out [n] to q [n] times scale. */
+VECTOR_CLONES static void dequantize(const int8_t *q, float scale, int n, float *out)
+{
+    SIMD_LOOP
+    for (int j = 0; j < n; j++)
+        out[j] = (float)q[j] * scale;
+}
+
+/* Converts the head's slices of cache rows [0, T) of an f16 or int8 cache to f32: keys into
+ * kbuf [T][hd], values into vbuf [T][hd]. */
+static void head_rows_to_f32(const zq_kernels *k, const zq_kv *kv, int layer, int head, int hd,
+                             int T, float *kbuf, float *vbuf)
+{
+    const size_t d = (size_t)kv->n_embd, first = (size_t)head * hd;
+    if (kv->type == ZQ_KV_F16) {
+        const uint16_t *k16 = (const uint16_t *)kv->k[layer] + first;
+        const uint16_t *v16 = (const uint16_t *)kv->v[layer] + first;
+        for (int t = 0; t < T; t++) {
+            k->f16_to_f32(k16 + (size_t)t * d, kbuf + (size_t)t * hd, (size_t)hd);
+            k->f16_to_f32(v16 + (size_t)t * d, vbuf + (size_t)t * hd, (size_t)hd);
+        }
+        return;
+    }
+    const int8_t *k8 = (const int8_t *)kv->k[layer] + first;
+    const int8_t *v8 = (const int8_t *)kv->v[layer] + first;
+    const size_t heads = (size_t)kv->n_head;
+    for (int t = 0; t < T; t++) {
+        const size_t s = (size_t)t * heads + head;
+        dequantize(k8 + (size_t)t * d, kv->ks[layer][s], hd, kbuf + (size_t)t * hd);
+        dequantize(v8 + (size_t)t * d, kv->vs[layer][s], hd, vbuf + (size_t)t * hd);
+    }
+}
+
+/* Sets out [rows][hd] to the rows of q [rows][ldq] quantized and scaled back, as the decode
+ * path quantizes the query of an int8 cache, so that both paths score the same query. q8 is
+ * scratch for hd values. */
+static void requantize_queries(const zq_kernels *k, const float *q, size_t ldq, int rows, int hd,
+                               float *out, int8_t *q8)
+{
+    float scale;
+    for (int i = 0; i < rows; i++) {
+        k->quantize_row_s8(q + (size_t)i * ldq, hd, q8, &scale);
+        dequantize(q8, scale, hd, out + (size_t)i * hd);
+    }
+}
+
 /* Causal attention of one head for rows of one sequence at consecutive positions pos0,
  * pos0 + 1, ... The scores of all rows are one rows x (pos0 + rows) product with the head's
  * keys (rows d elements apart in the cache), of which row i uses the first pos0 + i + 1. An
- * f16 cache is first converted into buf [2][pos0 + rows][hd], so that both cache types run the
- * same arithmetic as the decode path (attend_single) afterwards. */
+ * f16 or int8 cache is first converted into buf [2][pos0 + rows][hd] (then the int8 path's
+ * queries [rows][hd]), so that every cache type runs the same arithmetic as the decode path
+ * (attend_single) afterwards, within float rounding. */
 static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const zq_kv *kv, int layer,
                         int pos0, int rows, int head, int hd, float *scores, float *buf, float *out,
                         size_t ldo)
@@ -273,20 +335,21 @@ static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const z
     const float *keys, *values;
     size_t ld = d;
 
-    if (kv->type == ZQ_KV_F16) {
-        const uint16_t *k16 = (const uint16_t *)kv->k[layer] + first;
-        const uint16_t *v16 = (const uint16_t *)kv->v[layer] + first;
+    if (kv->type == ZQ_KV_F32) {
+        keys = (const float *)kv->k[layer] + first;
+        values = (const float *)kv->v[layer] + first;
+    } else {
         float *kbuf = buf, *vbuf = buf + (size_t)T * hd;
-        for (int t = 0; t < T; t++) {
-            k->f16_to_f32(k16 + (size_t)t * d, kbuf + (size_t)t * hd, (size_t)hd);
-            k->f16_to_f32(v16 + (size_t)t * d, vbuf + (size_t)t * hd, (size_t)hd);
-        }
+        head_rows_to_f32(k, kv, layer, head, hd, T, kbuf, vbuf);
         keys = kbuf;
         values = vbuf;
         ld = (size_t)hd;
-    } else {
-        keys = (const float *)kv->k[layer] + first;
-        values = (const float *)kv->v[layer] + first;
+        if (kv->type == ZQ_KV_Q8) {
+            float *qbuf = buf + (size_t)2 * T * hd;
+            requantize_queries(k, q, ldq, rows, hd, qbuf, (int8_t *)(qbuf + (size_t)rows * hd));
+            q = qbuf;
+            ldq = (size_t)hd;
+        }
     }
     k->gemm_f32(rows, T, hd, q, ldq, keys, ld, scores, (size_t)T);
     for (int i = 0; i < rows; i++) {
@@ -327,20 +390,32 @@ VECTOR_CLONES static void weigh_position(const float *weights, const float *valu
     }
 }
 
+/* The query of the decoded token: f32, and for an int8 cache quantized per head. */
+typedef struct {
+    const float *f32;
+    const int8_t *q8;
+    const float *q8_scale;
+} query;
+
 /* Sets weights[h * T + t] to the scores of cache rows t in [t0, t1) for every head. The f16
  * kernels sum in the order of score_position and weigh_position. */
-static void score_chunk(const zq_kernels *k, const float *q, const zq_kv *kv, int layer, int heads,
-                        int t0, int t1, int T, float *weights)
+static void score_chunk(const zq_kernels *k, const query *q, const zq_kv *kv, int layer,
+                        int heads, int t0, int t1, int T, float *weights)
 {
     const int d = kv->n_embd, hd = d / heads;
-    if (kv->type == ZQ_KV_F16) {
-        const uint16_t *keys = (const uint16_t *)kv->k[layer] + (size_t)t0 * d;
-        k->attn_scores_f16(q, keys, t1 - t0, heads, hd, weights + t0, (size_t)T);
-        return;
+    const size_t at = (size_t)t0 * d;
+    if (kv->type == ZQ_KV_Q8) {
+        k->attn_scores_q8(q->q8, q->q8_scale, (const int8_t *)kv->k[layer] + at,
+                          kv->ks[layer] + (size_t)t0 * heads, t1 - t0, heads, hd, weights + t0,
+                          (size_t)T);
+    } else if (kv->type == ZQ_KV_F16) {
+        k->attn_scores_f16(q->f32, (const uint16_t *)kv->k[layer] + at, t1 - t0, heads, hd,
+                           weights + t0, (size_t)T);
+    } else {
+        const float *keys = kv->k[layer];
+        for (int t = t0; t < t1; t++)
+            score_position(q->f32, keys + (size_t)t * d, t, heads, hd, T, weights);
     }
-    const float *keys = kv->k[layer];
-    for (int t = t0; t < t1; t++)
-        score_position(q, keys + (size_t)t * d, t, heads, hd, T, weights);
 }
 
 /* Adds to sum [d] the value rows t in [t0, t1) weighted by weights[h * T + t], every head. */
@@ -348,14 +423,18 @@ static void weigh_chunk(const zq_kernels *k, const float *weights, const zq_kv *
                         int heads, int t0, int t1, int T, float *sum)
 {
     const int d = kv->n_embd, hd = d / heads;
-    if (kv->type == ZQ_KV_F16) {
-        const uint16_t *values = (const uint16_t *)kv->v[layer] + (size_t)t0 * d;
-        k->attn_values_f16(weights + t0, (size_t)T, values, t1 - t0, heads, hd, sum);
-        return;
+    const size_t at = (size_t)t0 * d;
+    if (kv->type == ZQ_KV_Q8) {
+        k->attn_values_q8(weights + t0, (size_t)T, (const int8_t *)kv->v[layer] + at,
+                          kv->vs[layer] + (size_t)t0 * heads, t1 - t0, heads, hd, sum);
+    } else if (kv->type == ZQ_KV_F16) {
+        k->attn_values_f16(weights + t0, (size_t)T, (const uint16_t *)kv->v[layer] + at, t1 - t0,
+                           heads, hd, sum);
+    } else {
+        const float *values = kv->v[layer];
+        for (int t = t0; t < t1; t++)
+            weigh_position(weights, values + (size_t)t * d, t, heads, hd, T, sum);
     }
-    const float *values = kv->v[layer];
-    for (int t = t0; t < t1; t++)
-        weigh_position(weights, values + (size_t)t * d, t, heads, hd, T, sum);
 }
 
 /* Computes the attention of a single token over positions 0..pos of its cache, all heads at
@@ -374,10 +453,12 @@ static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, 
     const float scale = 1.0f / sqrtf((float)hd);
     const int T = pos + 1;
     const int chunks = (T + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
-    const float *q = ws->qkv;
+    const query q = {ws->qkv, ws->q8, ws->q8_scale};
     float *out = ws->att;
     float *weights = ws->scores;
     float *partial = ws->scores + (size_t)heads * T;
+    if (kv->type == ZQ_KV_Q8)
+        quantize_heads(k, ws->qkv, heads, hd, ws->q8, ws->q8_scale);
 
 #pragma omp parallel num_threads(n_threads) if (chunks > 1)
     {
@@ -385,7 +466,7 @@ static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, 
         for (int c = 0; c < chunks; c++) {
             const int t0 = c * ZQ_ATT_CHUNK;
             const int t1 = t0 + ZQ_ATT_CHUNK < T ? t0 + ZQ_ATT_CHUNK : T;
-            score_chunk(k, q, kv, layer, heads, t0, t1, T, weights);
+            score_chunk(k, &q, kv, layer, heads, t0, t1, T, weights);
         }
 #pragma omp for schedule(static)
         for (int h = 0; h < heads; h++)

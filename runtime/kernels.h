@@ -52,6 +52,19 @@ typedef struct {
                             float *scores, size_t ld);
     void (*attn_values_f16)(const float *w, size_t ld, const uint16_t *values, int n, int heads,
                             int hd, float *out);
+
+    /* The same over an int8 cache, whose rows hold heads * hd values in [-127, 127] and
+     * scales[i * heads + h] per row i and head h; q is the query quantized per head the same
+     * way (q_scale[h]). attn_scores_q8 sets scores[h * ld + i] to
+     * ((float)dot_h * q_scale[h]) * k_scales[i * heads + h], the dot product exact in int32.
+     * attn_values_q8 adds p * value_h[j] to out[h * hd + j], with
+     * p = w[h * ld + i] * v_scales[i * heads + h], row by row in order, without fused
+     * multiply-adds. */
+    void (*attn_scores_q8)(const int8_t *q, const float *q_scale, const int8_t *keys,
+                           const float *k_scales, int n, int heads, int hd, float *scores,
+                           size_t ld);
+    void (*attn_values_q8)(const float *w, size_t ld, const int8_t *values, const float *v_scales,
+                           int n, int heads, int hd, float *out);
 } zq_kernels;
 
 const zq_kernels *zq_kernels_ref(void);

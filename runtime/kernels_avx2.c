@@ -28,35 +28,6 @@
 #define TILE_NR_MAX 8
 #define GEMM_NB 64 /* rows of W per cache block: 64 * 3072 bytes of int8 fit in L2 */
 
-/* ---- horizontal sums ------------------------------------------------------------------- */
-
-/* Returns a vector whose lane i is the sum of the lanes of v[i]. */
-static ALWAYS_INLINE __m256i hsum8_epi32(const __m256i v[8])
-{
-    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]);
-    __m256i t1 = _mm256_hadd_epi32(v[2], v[3]);
-    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]);
-    __m256i t3 = _mm256_hadd_epi32(v[6], v[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1);
-    __m256i u1 = _mm256_hadd_epi32(t2, t3);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
-                            _mm256_permute2x128_si256(u0, u1, 0x31));
-}
-
-/* Float version of hsum8_epi32. Every lane is summed as ((0+1)+(2+3))+((4+5)+(6+7)), so the
- * result of a lane does not depend on its position. */
-static ALWAYS_INLINE __m256 hsum8_ps(const __m256 v[8])
-{
-    __m256 t0 = _mm256_hadd_ps(v[0], v[1]);
-    __m256 t1 = _mm256_hadd_ps(v[2], v[3]);
-    __m256 t2 = _mm256_hadd_ps(v[4], v[5]);
-    __m256 t3 = _mm256_hadd_ps(v[6], v[7]);
-    __m256 u0 = _mm256_hadd_ps(t0, t1);
-    __m256 u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                         _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
 /* ---- int8 tiles -------------------------------------------------------------------------- */
 
 /* acc[m][j] += dot of 32 bytes of a[m] and w[j] at offset k, exact (see the file comment). */
@@ -121,7 +92,7 @@ static ALWAYS_INLINE void s8_tile(int mr, int nr, const void *const *av, const v
             const int e = half * 8 + i;
             flat[i] = e < mr * nr ? acc[e / nr][e % nr] : _mm256_setzero_si256();
         }
-        _mm256_storeu_si256((__m256i *)out + half, hsum8_epi32(flat));
+        _mm256_storeu_si256((__m256i *)out + half, hsum8_epi32_ymm(flat));
     }
 }
 
@@ -192,7 +163,7 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
             const int e = half * 8 + i;
             flat[i] = e < mr * nr ? acc[e / nr][e % nr] : _mm256_setzero_ps();
         }
-        _mm256_storeu_ps((float *)out + 8 * half, hsum8_ps(flat));
+        _mm256_storeu_ps((float *)out + 8 * half, hsum8_ps_ymm(flat));
     }
 }
 
@@ -310,7 +281,7 @@ static float dot_f32_avx2(const float *a, const float *b, int n)
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
     acc[0] = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     float sum;
-    _mm_store_ss(&sum, _mm256_castps256_ps128(hsum8_ps(acc)));
+    _mm_store_ss(&sum, _mm256_castps256_ps128(hsum8_ps_ymm(acc)));
     for (; i < n; i++)
         sum += a[i] * b[i];
     return sum;
@@ -349,123 +320,6 @@ static void f16_to_f32_avx2(const uint16_t *x, float *y, size_t n)
         y[i] = zq_f16_to_f32(x[i]);
 }
 
-/* ---- attention over an f16 cache ---------------------------------------------------------- */
-
-static ALWAYS_INLINE __m256 load_f16x8(const uint16_t *p)
-{
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-/* Scores of heads [h0, h0 + ng) of one cache row: the ng accumulators stay in registers while
- * the row's halves stream through. */
-static ALWAYS_INLINE void score_heads(int ng, const float *q, const uint16_t *key, int h0, int hd,
-                                      float *scores, size_t ld)
-{
-    __m256 acc[8];
-    for (int g = 0; g < 8; g++)
-        acc[g] = _mm256_setzero_ps();
-    for (int j = 0; j < hd; j += 8) {
-#pragma GCC unroll 8
-        for (int g = 0; g < ng; g++) {
-            const size_t at = (size_t)(h0 + g) * hd + j;
-            const __m256 k = load_f16x8(key + at);
-            acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(_mm256_loadu_ps(q + at), k));
-        }
-    }
-    float sums[8];
-    _mm256_storeu_ps(sums, hsum8_ps(acc));
-    for (int g = 0; g < ng; g++)
-        scores[(size_t)(h0 + g) * ld] = sums[g];
-}
-
-/* Rows ahead of the one being scored whose lines are requested into L2: about 10% faster
- * scoring of a cache that comes from memory than with the hardware prefetcher alone. */
-#define SCORES_PREFETCH_ROWS 4
-
-void zq_attn_scores_f16_avx2(const float *q, const uint16_t *keys, int n, int heads, int hd,
-                             float *scores, size_t ld)
-{
-    if (hd % 8 != 0) {
-        zq_attn_scores_f16_ref(q, keys, n, heads, hd, scores, ld);
-        return;
-    }
-    const size_t d = (size_t)heads * hd;
-    for (int i = 0; i < n; i++) {
-        const uint16_t *key = keys + (size_t)i * d;
-        /* Integer arithmetic: the rows ahead may lie past the cache (see weigh_block4). */
-        const uintptr_t ahead = (uintptr_t)key + SCORES_PREFETCH_ROWS * d * sizeof *key;
-        for (size_t b = 0; b < d * sizeof *key; b += 64)
-            _mm_prefetch((const char *)(ahead + b), _MM_HINT_T1);
-        int h = 0;
-        for (; h + 8 <= heads; h += 8)
-            score_heads(8, q, key, h, hd, scores + i, ld);
-        for (; h + 4 <= heads; h += 4)
-            score_heads(4, q, key, h, hd, scores + i, ld);
-        for (; h < heads; h++)
-            score_heads(1, q, key, h, hd, scores + i, ld);
-    }
-}
-
-/* Rows of the cache ahead of the block being weighed whose lines are requested into L2. The
- * four rows of a block are four interleaved streams, which the hardware prefetcher follows
- * poorly: without this, reading a cache from memory ran at half the speed of reading it
- * row by row. */
-#define VALUES_PREFETCH_ROWS 8
-
-/* out_h += w[h][i] * value_h of rows i..i+3 for every head h, the rows added in order. The
- * head's slice of out stays in registers across the four rows, so it is loaded and stored
- * once per block instead of once per row. */
-static ALWAYS_INLINE void weigh_block4(const float *w, size_t ld, const uint16_t *rows, size_t d,
-                                       int heads, int hd, float *out)
-{
-    for (int h = 0; h < heads; h++) {
-        const uint16_t *v = rows + (size_t)h * hd;
-        /* Integer arithmetic: the rows ahead may lie past the cache, where no pointer may
-         * point; a prefetch of such an address does nothing. */
-        const uintptr_t ahead = (uintptr_t)v + VALUES_PREFETCH_ROWS * d * sizeof *v;
-        for (size_t r = 0; r < 4; r++)
-            for (size_t b = 0; b < (size_t)hd * sizeof *v; b += 64)
-                _mm_prefetch((const char *)(ahead + r * d * sizeof *v + b), _MM_HINT_T1);
-        const float *wh = w + (size_t)h * ld;
-        const __m256 w0 = _mm256_set1_ps(wh[0]), w1 = _mm256_set1_ps(wh[1]);
-        const __m256 w2 = _mm256_set1_ps(wh[2]), w3 = _mm256_set1_ps(wh[3]);
-        float *o = out + (size_t)h * hd;
-        for (int j = 0; j < hd; j += 8) {
-            __m256 a = _mm256_loadu_ps(o + j);
-            a = _mm256_add_ps(a, _mm256_mul_ps(w0, load_f16x8(v + j)));
-            a = _mm256_add_ps(a, _mm256_mul_ps(w1, load_f16x8(v + d + j)));
-            a = _mm256_add_ps(a, _mm256_mul_ps(w2, load_f16x8(v + 2 * d + j)));
-            a = _mm256_add_ps(a, _mm256_mul_ps(w3, load_f16x8(v + 3 * d + j)));
-            _mm256_storeu_ps(o + j, a);
-        }
-    }
-}
-
-void zq_attn_values_f16_avx2(const float *w, size_t ld, const uint16_t *values, int n, int heads,
-                             int hd, float *out)
-{
-    if (hd % 8 != 0) {
-        zq_attn_values_f16_ref(w, ld, values, n, heads, hd, out);
-        return;
-    }
-    const size_t d = (size_t)heads * hd;
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        weigh_block4(w + i, ld, values + (size_t)i * d, d, heads, hd, out);
-    for (; i < n; i++) {
-        const uint16_t *value = values + (size_t)i * d;
-        for (int h = 0; h < heads; h++) {
-            const __m256 wi = _mm256_set1_ps(w[(size_t)h * ld + i]);
-            float *o = out + (size_t)h * hd;
-            const uint16_t *v = value + (size_t)h * hd;
-            for (int j = 0; j < hd; j += 8) {
-                const __m256 p = _mm256_mul_ps(wi, load_f16x8(v + j));
-                _mm256_storeu_ps(o + j, _mm256_add_ps(_mm256_loadu_ps(o + j), p));
-            }
-        }
-    }
-}
-
 const zq_kernels zq_kernels_avx2_table = {
     .name = "avx2",
     .gemm_s8 = gemm_s8_avx2,
@@ -478,4 +332,6 @@ const zq_kernels zq_kernels_avx2_table = {
     .f16_to_f32 = f16_to_f32_avx2,
     .attn_scores_f16 = zq_attn_scores_f16_avx2,
     .attn_values_f16 = zq_attn_values_f16_avx2,
+    .attn_scores_q8 = zq_attn_scores_q8_avx2,
+    .attn_values_q8 = zq_attn_values_q8_avx2,
 };

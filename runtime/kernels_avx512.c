@@ -321,4 +321,6 @@ const zq_kernels zq_kernels_avx512_table = {
     .f16_to_f32 = f16_to_f32_avx512,
     .attn_scores_f16 = zq_attn_scores_f16_avx2,
     .attn_values_f16 = zq_attn_values_f16_avx2,
+    .attn_scores_q8 = zq_attn_scores_q8_avx2,
+    .attn_values_q8 = zq_attn_values_q8_avx2,
 };

@@ -22,9 +22,10 @@ extern const zq_kernels zq_kernels_neondot_table;
  * returns the fastest supported table. */
 const zq_kernels *zq_kernels_select(const char *forced);
 
-/* Attention over an f16 cache (see zq_kernels). The SIMD versions fall back to the portable
- * ones when hd is not a multiple of 8. The AVX-512 table uses the AVX2 + F16C versions, because
- * 16-lane vectors would change the order of the additions. */
+/* Attention over an f16 or int8 cache (see zq_kernels). The SIMD versions fall back to the
+ * portable ones when hd is not a multiple of their vector width. The AVX-512 table uses the
+ * AVX2 versions (kernels_attn_avx2.c), because 16-lane vectors would change the order of the
+ * additions. */
 void zq_attn_scores_f16_ref(const float *q, const uint16_t *keys, int n, int heads, int hd,
                             float *scores, size_t ld);
 void zq_attn_values_f16_ref(const float *w, size_t ld, const uint16_t *values, int n, int heads,
@@ -33,6 +34,16 @@ void zq_attn_scores_f16_avx2(const float *q, const uint16_t *keys, int n, int he
                              float *scores, size_t ld);
 void zq_attn_values_f16_avx2(const float *w, size_t ld, const uint16_t *values, int n, int heads,
                              int hd, float *out);
+void zq_attn_scores_q8_ref(const int8_t *q, const float *q_scale, const int8_t *keys,
+                           const float *k_scales, int n, int heads, int hd, float *scores,
+                           size_t ld);
+void zq_attn_values_q8_ref(const float *w, size_t ld, const int8_t *values, const float *v_scales,
+                           int n, int heads, int hd, float *out);
+void zq_attn_scores_q8_avx2(const int8_t *q, const float *q_scale, const int8_t *keys,
+                            const float *k_scales, int n, int heads, int hd, float *scores,
+                            size_t ld);
+void zq_attn_values_q8_avx2(const float *w, size_t ld, const int8_t *values,
+                            const float *v_scales, int n, int heads, int hd, float *out);
 
 /* ---- tiled GEMM driver (kernels_tiled.c) --------------------------------------------------- */
 

@@ -362,6 +362,72 @@ static void attn_values_f16_neon(const float *w, size_t ld, const uint16_t *valu
     }
 }
 
+/* Attention over an int8 cache: the dot products are exact in int32 (any order), the scaling
+ * and the weighted sums follow the reference's order. */
+static ALWAYS_INLINE void attn_scores_q8_body(int sdot, const int8_t *q, const float *q_scale,
+                                              const int8_t *keys, const float *k_scales, int n,
+                                              int heads, int hd, float *scores, size_t ld)
+{
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const int8_t *key = keys + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const size_t at = (size_t)h * hd;
+            int32x4_t acc = vdupq_n_s32(0);
+            for (int j = 0; j < hd; j += 16) {
+                const int8x16_t a = vld1q_s8(q + at + j), k = vld1q_s8(key + at + j);
+                acc = sdot ? dot16_sdot(acc, a, k) : dot16_smull(acc, a, k);
+            }
+            const float s = ((float)vaddvq_s32(acc) * q_scale[h]) * k_scales[(size_t)i * heads + h];
+            scores[(size_t)h * ld + i] = s;
+        }
+    }
+}
+
+static void attn_scores_q8_neondot(const int8_t *q, const float *q_scale, const int8_t *keys,
+                                   const float *k_scales, int n, int heads, int hd, float *scores,
+                                   size_t ld)
+{
+    if (hd % 16 != 0)
+        zq_attn_scores_q8_ref(q, q_scale, keys, k_scales, n, heads, hd, scores, ld);
+    else
+        attn_scores_q8_body(1, q, q_scale, keys, k_scales, n, heads, hd, scores, ld);
+}
+
+static void attn_scores_q8_neon(const int8_t *q, const float *q_scale, const int8_t *keys,
+                                const float *k_scales, int n, int heads, int hd, float *scores,
+                                size_t ld)
+{
+    if (hd % 16 != 0)
+        zq_attn_scores_q8_ref(q, q_scale, keys, k_scales, n, heads, hd, scores, ld);
+    else
+        attn_scores_q8_body(0, q, q_scale, keys, k_scales, n, heads, hd, scores, ld);
+}
+
+static void attn_values_q8_neon(const float *w, size_t ld, const int8_t *values,
+                                const float *v_scales, int n, int heads, int hd, float *out)
+{
+    if (hd % 8 != 0) {
+        zq_attn_values_q8_ref(w, ld, values, v_scales, n, heads, hd, out);
+        return;
+    }
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const int8_t *value = values + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const float p = w[(size_t)h * ld + i] * v_scales[(size_t)i * heads + h];
+            float *o = out + (size_t)h * hd;
+            for (int j = 0; j < hd; j += 8) {
+                const int16x8_t v = vmovl_s8(vld1_s8(value + (size_t)h * hd + j));
+                const float32x4_t lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(v)));
+                const float32x4_t hi = vcvtq_f32_s32(vmovl_high_s16(v));
+                vst1q_f32(o + j, vaddq_f32(vld1q_f32(o + j), vmulq_n_f32(lo, p)));
+                vst1q_f32(o + j + 4, vaddq_f32(vld1q_f32(o + j + 4), vmulq_n_f32(hi, p)));
+            }
+        }
+    }
+}
+
 const zq_kernels zq_kernels_neondot_table = {
     .name = "neondot",
     .gemm_s8 = gemm_s8_neondot,
@@ -374,6 +440,8 @@ const zq_kernels zq_kernels_neondot_table = {
     .f16_to_f32 = f16_to_f32_neon,
     .attn_scores_f16 = attn_scores_f16_neon,
     .attn_values_f16 = attn_values_f16_neon,
+    .attn_scores_q8 = attn_scores_q8_neondot,
+    .attn_values_q8 = attn_values_q8_neon,
 };
 
 const zq_kernels zq_kernels_neon_table = {
@@ -388,4 +456,6 @@ const zq_kernels zq_kernels_neon_table = {
     .f16_to_f32 = f16_to_f32_neon,
     .attn_scores_f16 = attn_scores_f16_neon,
     .attn_values_f16 = attn_values_f16_neon,
+    .attn_scores_q8 = attn_scores_q8_neon,
+    .attn_values_q8 = attn_values_q8_neon,
 };

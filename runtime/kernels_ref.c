@@ -121,6 +121,36 @@ void zq_attn_values_f16_ref(const float *w, size_t ld, const uint16_t *values, i
     }
 }
 
+void zq_attn_scores_q8_ref(const int8_t *q, const float *q_scale, const int8_t *keys,
+                           const float *k_scales, int n, int heads, int hd, float *scores,
+                           size_t ld)
+{
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const int8_t *key = keys + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            int32_t dot = 0;
+            for (int j = 0; j < hd; j++)
+                dot += (int32_t)q[h * hd + j] * key[h * hd + j];
+            scores[(size_t)h * ld + i] = ((float)dot * q_scale[h]) * k_scales[(size_t)i * heads + h];
+        }
+    }
+}
+
+void zq_attn_values_q8_ref(const float *w, size_t ld, const int8_t *values, const float *v_scales,
+                           int n, int heads, int hd, float *out)
+{
+    const size_t d = (size_t)heads * hd;
+    for (int i = 0; i < n; i++) {
+        const int8_t *value = values + (size_t)i * d;
+        for (int h = 0; h < heads; h++) {
+            const float p = w[(size_t)h * ld + i] * v_scales[(size_t)i * heads + h];
+            for (int j = 0; j < hd; j++)
+                out[h * hd + j] += p * (float)value[h * hd + j];
+        }
+    }
+}
+
 const zq_kernels zq_kernels_ref_table = {
     .name = "ref",
     .gemm_s8 = gemm_s8_ref,
@@ -133,4 +163,6 @@ const zq_kernels zq_kernels_ref_table = {
     .f16_to_f32 = f16_to_f32_ref,
     .attn_scores_f16 = zq_attn_scores_f16_ref,
     .attn_values_f16 = zq_attn_values_f16_ref,
+    .attn_scores_q8 = zq_attn_scores_q8_ref,
+    .attn_values_q8 = zq_attn_values_q8_ref,
 };

@@ -1,6 +1,6 @@
 /*
  * kernels_x86.h - private to the x86 kernel files (AVX2, AVX-512): the software prefetch of
- * weight rows that their tiles share.
+ * weight rows that their tiles share, and the horizontal sums of 256-bit vectors.
  */
 #ifndef ZQ_KERNELS_X86_H
 #define ZQ_KERNELS_X86_H
@@ -34,6 +34,35 @@ static inline __attribute__((always_inline)) void prefetch_next_rows(int nr, con
         else
             _mm_prefetch((const char *)(next + line), _MM_HINT_T1);
     }
+}
+
+/* Horizontal sums of eight 256-bit vectors (AVX2). */
+
+/* Returns a vector whose lane i is the sum of the lanes of v[i]. */
+static inline __attribute__((always_inline)) __m256i hsum8_epi32_ymm(const __m256i v[8])
+{
+    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]);
+    __m256i t1 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]);
+    __m256i t3 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_hadd_epi32(t0, t1);
+    __m256i u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/* Float version of hsum8_epi32_ymm. Every lane is summed as ((0+1)+(2+3))+((4+5)+(6+7)), so the
+ * result of a lane does not depend on its position. */
+static inline __attribute__((always_inline)) __m256 hsum8_ps_ymm(const __m256 v[8])
+{
+    __m256 t0 = _mm256_hadd_ps(v[0], v[1]);
+    __m256 t1 = _mm256_hadd_ps(v[2], v[3]);
+    __m256 t2 = _mm256_hadd_ps(v[4], v[5]);
+    __m256 t3 = _mm256_hadd_ps(v[6], v[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1);
+    __m256 u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
 #endif /* ZQ_KERNELS_X86_H */

@@ -53,30 +53,35 @@ struct zq_model {
     char desc[192];
 };
 
-/* KV cache of one sequence: per layer, keys and values [cap][n_embd] of f32 or IEEE half
- * (type), grown on demand up to max positions so memory follows the context actually used.
- * All of them lie in one allocation, arena. */
+/* KV cache of one sequence: per layer, keys and values [cap][n_embd] of f32, IEEE half or
+ * int8 (type), grown on demand up to max positions so memory follows the context actually
+ * used. An int8 cache also holds one scale per row and head, ks and vs [cap][n_head]: a row's
+ * head slice is quantized like an activation row (zq_kernels.quantize_row_s8). All of it lies
+ * in one allocation, arena. */
 typedef struct {
     void *arena;
     void **k;        /* [n_layer], into arena */
     void **v;        /* [n_layer], into arena */
-    zq_kv_type type; /* ZQ_KV_F32 or ZQ_KV_F16 */
+    float **ks;      /* [n_layer] for an int8 cache, else NULL */
+    float **vs;      /* [n_layer] for an int8 cache, else NULL */
+    zq_kv_type type; /* ZQ_KV_F32, ZQ_KV_F16 or ZQ_KV_Q8 */
     int cap;
     int max;
     int n_layer;
     int n_embd;
+    int n_head;
 } zq_kv;
 
-/* Returns the bytes of one cached element of the given type. */
+/* Returns the bytes of one cached element of the given type (scales not included). */
 static inline size_t zq_kv_elem_size(zq_kv_type type)
 {
-    return type == ZQ_KV_F16 ? sizeof(uint16_t) : sizeof(float);
+    return type == ZQ_KV_Q8 ? 1 : type == ZQ_KV_F16 ? sizeof(uint16_t) : sizeof(float);
 }
 
 /* Returns the cache type that auto stands for with weights of the given type. */
 zq_kv_type zq_kv_resolve(zq_kv_type requested, zq_type weights);
 
-/* type must be ZQ_KV_F32 or ZQ_KV_F16 (see zq_kv_resolve). */
+/* type must not be ZQ_KV_AUTO (see zq_kv_resolve). */
 zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions, zq_kv_type type);
 zq_status zq_kv_reserve(zq_kv *kv, int positions);
 void zq_kv_free(zq_kv *kv);
@@ -90,7 +95,9 @@ typedef struct {
     float *att;    /* [rows][n_embd] attention output */
     float *mlp;    /* [rows][n_inner] */
     float *scores; /* attention scratch, zq_attention_scratch() floats */
-    float *kv_rows; /* per thread: f32 copies of an f16 cache, zq_kv_row_scratch() floats */
+    float *kv_rows; /* per thread: f32 copies of cache rows, zq_kv_row_scratch() floats */
+    int8_t *q8;     /* [n_embd] the decoded token's query, quantized per head (int8 cache) */
+    float *q8_scale; /* [n_head] */
     int score_threads;
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
@@ -115,10 +122,11 @@ static inline size_t zq_attention_scratch(const zq_hparams *hp, int threads)
 }
 
 /* Returns the floats per thread that the attention of several rows (prefill) needs to read an
- * f16 cache as f32: the keys and values of one head over the whole context. */
+ * f16 or int8 cache as f32: the keys and values of one head over the whole context, and for
+ * int8 the ZQ_ATT_ROWS queries of the head after quantization plus room for one in int8. */
 static inline size_t zq_kv_row_scratch(const zq_hparams *hp)
 {
-    return 2 * (size_t)hp->n_ctx * (size_t)(hp->n_embd / hp->n_head);
+    return (2 * (size_t)hp->n_ctx + ZQ_ATT_ROWS + 1) * (size_t)(hp->n_embd / hp->n_head);
 }
 
 zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows, int threads);

@@ -4,6 +4,7 @@
 #include "internal.h"
 #include "model.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,24 +24,73 @@ zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions, zq_kv_t
     memset(kv, 0, sizeof *kv);
     kv->n_layer = hp->n_layer;
     kv->n_embd = hp->n_embd;
+    kv->n_head = hp->n_head;
     kv->max = max_positions;
     kv->type = type;
-    kv->k = calloc((size_t)hp->n_layer, sizeof(void *));
-    kv->v = calloc((size_t)hp->n_layer, sizeof(void *));
-    if (!kv->k || !kv->v) {
+    const size_t layers = (size_t)hp->n_layer;
+    kv->k = calloc(layers, sizeof(void *));
+    kv->v = calloc(layers, sizeof(void *));
+    bool ok = kv->k && kv->v;
+    if (type == ZQ_KV_Q8) {
+        kv->ks = calloc(layers, sizeof(float *));
+        kv->vs = calloc(layers, sizeof(float *));
+        ok = ok && kv->ks && kv->vs;
+    }
+    if (!ok) {
         zq_kv_free(kv);
         return zq_fail(ZQ_ERR_NOMEM, "KV cache: out of memory for %d layers", hp->n_layer);
     }
     return ZQ_OK;
 }
 
-/* Points k[l] and v[l] into arena, which holds [n_layer][k, v][cap][n_embd] elements. */
+/* Returns the bytes of one cached row of one tensor. */
+static size_t kv_row_bytes(const zq_kv *kv)
+{
+    return (size_t)kv->n_embd * zq_kv_elem_size(kv->type);
+}
+
+/* Returns the bytes of the scales of one cached row of one tensor (int8 only). */
+static size_t kv_scale_bytes(const zq_kv *kv)
+{
+    return kv->type == ZQ_KV_Q8 ? (size_t)kv->n_head * sizeof(float) : 0;
+}
+
+/* The arena holds [n_layer][k, v][cap] rows, then for an int8 cache [n_layer][k, v][cap][n_head]
+ * scales. Tensor t of the 2 * n_layer holds layer t / 2's keys for even t, its values for odd. */
+static unsigned char *kv_rows_at(const zq_kv *kv, unsigned char *arena, int cap, int t)
+{
+    return arena + (size_t)t * cap * kv_row_bytes(kv);
+}
+
+static float *kv_scales_at(const zq_kv *kv, unsigned char *arena, int cap, int t)
+{
+    unsigned char *base = arena + (size_t)2 * kv->n_layer * cap * kv_row_bytes(kv);
+    return (float *)(base + (size_t)t * cap * kv_scale_bytes(kv));
+}
+
+/* Points the tensors of kv into arena, a cache of cap positions. */
 static void kv_point(zq_kv *kv, unsigned char *arena, int cap)
 {
-    const size_t bytes = (size_t)cap * kv->n_embd * zq_kv_elem_size(kv->type);
     for (int l = 0; l < kv->n_layer; l++) {
-        kv->k[l] = arena + (size_t)(2 * l) * bytes;
-        kv->v[l] = arena + (size_t)(2 * l + 1) * bytes;
+        kv->k[l] = kv_rows_at(kv, arena, cap, 2 * l);
+        kv->v[l] = kv_rows_at(kv, arena, cap, 2 * l + 1);
+        if (kv->type == ZQ_KV_Q8) {
+            kv->ks[l] = kv_scales_at(kv, arena, cap, 2 * l);
+            kv->vs[l] = kv_scales_at(kv, arena, cap, 2 * l + 1);
+        }
+    }
+}
+
+/* Copies the kv->cap rows of every tensor of kv into arena, a cache of cap positions. */
+static void kv_copy(const zq_kv *kv, unsigned char *arena, int cap)
+{
+    const size_t row = kv_row_bytes(kv), scale_bytes = kv_scale_bytes(kv);
+    for (int t = 0; t < 2 * kv->n_layer; t++) {
+        const int l = t / 2;
+        memcpy(kv_rows_at(kv, arena, cap, t), t % 2 ? kv->v[l] : kv->k[l], kv->cap * row);
+        if (kv->type == ZQ_KV_Q8)
+            memcpy(kv_scales_at(kv, arena, cap, t), t % 2 ? kv->vs[l] : kv->ks[l],
+                   kv->cap * scale_bytes);
     }
 }
 
@@ -61,15 +111,12 @@ zq_status zq_kv_reserve(zq_kv *kv, int positions)
     if (cap > kv->max)
         cap = kv->max;
 
-    const size_t row = (size_t)kv->n_embd * zq_kv_elem_size(kv->type);
+    const size_t row = kv_row_bytes(kv) + kv_scale_bytes(kv);
     unsigned char *arena = zq_aligned_alloc((size_t)2 * kv->n_layer * cap * row);
     if (!arena)
         return zq_fail(ZQ_ERR_NOMEM, "KV cache: out of memory for %d positions", cap);
-    const size_t kept = (size_t)kv->cap * row;
-    for (int l = 0; l < kv->n_layer && kept > 0; l++) {
-        memcpy(arena + (size_t)(2 * l) * cap * row, kv->k[l], kept);
-        memcpy(arena + (size_t)(2 * l + 1) * cap * row, kv->v[l], kept);
-    }
+    if (kv->arena)
+        kv_copy(kv, arena, cap);
     zq_aligned_free(kv->arena);
     kv->arena = arena;
     kv->cap = cap;
@@ -82,6 +129,8 @@ void zq_kv_free(zq_kv *kv)
     zq_aligned_free(kv->arena);
     free(kv->k);
     free(kv->v);
+    free(kv->ks);
+    free(kv->vs);
     memset(kv, 0, sizeof *kv);
 }
 
@@ -108,6 +157,10 @@ zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows
     ws->mlp = alloc_floats(rows * (size_t)hp->n_inner, &st);
     ws->scores = alloc_floats(zq_attention_scratch(hp, ws->score_threads), &st);
     ws->kv_rows = alloc_floats(zq_kv_row_scratch(hp) * (size_t)ws->score_threads, &st);
+    ws->q8 = zq_aligned_alloc(d);
+    ws->q8_scale = alloc_floats((size_t)hp->n_head, &st);
+    if (!ws->q8)
+        st = ZQ_ERR_NOMEM;
     ws->head_in = alloc_floats(ZQ_HEAD_ROWS * d, &st);
     ws->head_out = alloc_floats((size_t)ZQ_HEAD_ROWS * (size_t)hp->n_vocab, &st);
     if (st == ZQ_OK) {
@@ -131,6 +184,8 @@ void zq_workspace_free(zq_workspace *ws)
     zq_aligned_free(ws->mlp);
     zq_aligned_free(ws->scores);
     zq_aligned_free(ws->kv_rows);
+    zq_aligned_free(ws->q8);
+    zq_aligned_free(ws->q8_scale);
     zq_aligned_free(ws->head_in);
     zq_aligned_free(ws->head_out);
     zq_linear_scratch_free(&ws->lin);

@@ -155,16 +155,19 @@ size_t zq_detok_stream_push(zq_detok_stream *stream, int32_t id, char *buf, size
 typedef struct zq_context zq_context;
 
 /* Element type of the KV cache. Decoding reads the whole cache once per token, so at long
- * contexts the cache costs as much memory bandwidth as the weights: f16 halves that.
- * TODO: an int8 cache would halve it again, but needs a scale scheme and accuracy checks. */
+ * contexts the cache costs as much memory bandwidth as the weights: f16 halves that, int8
+ * halves it again. An int8 cache keeps one f32 scale per row and head (64 values for GPT-2),
+ * and decoding quantizes the query the same way so that scores are int8 dot products. */
 typedef enum {
     ZQ_KV_AUTO = 0, /* f32 for f32 weights (the exact comparison path), f16 otherwise */
     ZQ_KV_F32 = 1,
     ZQ_KV_F16 = 2,
+    ZQ_KV_Q8 = 3,
 } zq_kv_type;
 
-const char *zq_kv_type_name(zq_kv_type type); /* "auto", "f32", "f16"; "unknown" otherwise */
-/* Parses "auto", "f32" or "f16"; returns ZQ_ERR_INVALID_ARG for anything else. */
+/* "auto", "f32", "f16", "int8"; "unknown" otherwise */
+const char *zq_kv_type_name(zq_kv_type type);
+/* Parses "auto", "f32", "f16" or "int8"; returns ZQ_ERR_INVALID_ARG for anything else. */
 zq_status zq_kv_type_parse(const char *name, zq_kv_type *out);
 
 typedef struct {
@@ -189,9 +192,12 @@ const float *zq_context_logits(const zq_context *ctx);
 
 int zq_context_pos(const zq_context *ctx);  /* tokens in the KV cache */
 int zq_context_size(const zq_context *ctx); /* n_ctx of this context */
-zq_kv_type zq_context_kv_type(const zq_context *ctx); /* ZQ_KV_F32 or ZQ_KV_F16, never auto */
+zq_kv_type zq_context_kv_type(const zq_context *ctx); /* never ZQ_KV_AUTO */
 /* Returns the cache type a context of this model gets when it requests the given one. */
 zq_kv_type zq_model_kv_type(const zq_model *model, zq_kv_type requested);
+/* Returns the bytes the cache of this model holds per position with the given type (auto
+ * resolved as for a context): keys and values of every layer, with the scales of int8. */
+size_t zq_model_kv_bytes_per_position(const zq_model *model, zq_kv_type type);
 
 /* Drops the cache entries at positions >= pos, so a prompt prefix can be reused. */
 void zq_context_truncate(zq_context *ctx, int pos);

@@ -90,26 +90,29 @@ static void threads_give_identical_logits(void)
 }
 
 /* Greedy decoding of 24 tokens one at a time (the single-token kernels and attention path) must
- * give bit-identical logits on 1 and 2 threads at every step. */
+ * give bit-identical logits on 1 and 2 threads at every step, with an f16 and an int8 cache. */
 static void threads_give_identical_decode(void)
 {
-    zq_context *one = new_context(1, 0);
-    zq_context *two = new_context(2, 0);
-    zq_context_eval(one, prompt, PROMPT_LEN, NULL);
-    zq_context_eval(two, prompt, PROMPT_LEN, NULL);
-    for (int step = 0; step < 24; step++) {
-        const float *a = zq_context_logits(one);
-        const float *b = zq_context_logits(two);
-        CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0, "step %d: max diff %g", step,
-              max_diff(a, b));
-        int32_t next = 0;
-        for (int i = 1; i < vocab; i++)
-            next = a[i] > a[next] ? i : next;
-        CHECK(zq_context_eval(one, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
-        CHECK(zq_context_eval(two, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+    static const zq_kv_type kv_types[] = {ZQ_KV_F16, ZQ_KV_Q8};
+    for (int t = 0; t < 2; t++) {
+        zq_context *one = new_context_kv(model, 1, 0, kv_types[t]);
+        zq_context *two = new_context_kv(model, 2, 0, kv_types[t]);
+        zq_context_eval(one, prompt, PROMPT_LEN, NULL);
+        zq_context_eval(two, prompt, PROMPT_LEN, NULL);
+        for (int step = 0; step < 24; step++) {
+            const float *a = zq_context_logits(one);
+            const float *b = zq_context_logits(two);
+            CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0, "%s cache, step %d: max diff %g",
+                  zq_kv_type_name(kv_types[t]), step, max_diff(a, b));
+            int32_t next = 0;
+            for (int i = 1; i < vocab; i++)
+                next = a[i] > a[next] ? i : next;
+            CHECK(zq_context_eval(one, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+            CHECK(zq_context_eval(two, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+        }
+        zq_context_free(one);
+        zq_context_free(two);
     }
-    zq_context_free(one);
-    zq_context_free(two);
 }
 
 static void chunked_prompt_matches_whole(void)
@@ -117,8 +120,8 @@ static void chunked_prompt_matches_whole(void)
     /* Prefill rows and decode rows take different attention and kernel paths, so equality is
      * within float rounding, not bitwise. The f32 model keeps it there: in int8, a rounding
      * difference can move an activation across a quantization step and the logits by ~0.01. */
-    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16};
-    for (int i = 0; i < 2; i++) {
+    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16, ZQ_KV_Q8};
+    for (int i = 0; i < 3; i++) {
         const zq_kv_type kv = kv_types[i];
         float *whole = last_logits_of(model_f32, kv, 2, 0, false);
         float *chunked = last_logits_of(model_f32, kv, 2, 4, false);
@@ -164,11 +167,12 @@ static void batched_decode_matches_single(void)
 {
     batched_decode_matches_single_kv(ZQ_KV_F32);
     batched_decode_matches_single_kv(ZQ_KV_F16);
+    batched_decode_matches_single_kv(ZQ_KV_Q8);
 }
 
 /* auto keeps the f32 model's cache in f32, so that it stays the exact comparison path, and
  * gives quantized models an f16 cache. Rounding keys and values to half moves the logits by
- * far less than int8 weights do, but it does move them. */
+ * far less than int8 weights do, but it does move them; an int8 cache moves them more. */
 static void kv_cache_types(void)
 {
     zq_context *ctx = new_context_kv(model_f32, 1, 0, ZQ_KV_AUTO);
@@ -186,18 +190,25 @@ static void kv_cache_types(void)
 
     float *f32 = last_logits_of(model_f32, ZQ_KV_F32, 2, 0, false);
     float *f16 = last_logits_of(model_f32, ZQ_KV_F16, 2, 0, false);
-    const double d = max_diff(f32, f16);
+    float *q8 = last_logits_of(model_f32, ZQ_KV_Q8, 2, 0, false);
+    double d = max_diff(f32, f16);
     CHECK(d > 0, "f16 cache leaves the logits unchanged");
     CHECK(d < 0.01, "f16 cache moves the logits by %g", d);
+    d = max_diff(f32, q8);
+    CHECK(d > max_diff(f32, f16), "int8 cache moves the logits less than f16 (%g)", d);
+    CHECK(d < 0.05, "int8 cache moves the logits by %g", d); /* 0.013 when written */
     free(f32);
     free(f16);
+    free(q8);
 
     zq_kv_type parsed = ZQ_KV_AUTO;
     CHECK(zq_kv_type_parse("f16", &parsed) == ZQ_OK, "parse f16");
     CHECK(parsed == ZQ_KV_F16, "f16 parsed as %s", zq_kv_type_name(parsed));
     CHECK(zq_kv_type_parse("f32", &parsed) == ZQ_OK, "parse f32");
     CHECK(parsed == ZQ_KV_F32, "f32 parsed as %s", zq_kv_type_name(parsed));
-    CHECK(zq_kv_type_parse("int8", &parsed) == ZQ_ERR_INVALID_ARG, "parse int8");
+    CHECK(zq_kv_type_parse("int8", &parsed) == ZQ_OK, "parse int8");
+    CHECK(parsed == ZQ_KV_Q8, "int8 parsed as %s", zq_kv_type_name(parsed));
+    CHECK(zq_kv_type_parse("q4", &parsed) == ZQ_ERR_INVALID_ARG, "parse q4");
     ctx = NULL;
     CHECK(zq_context_create(model, &(zq_context_params){.kv_type = (zq_kv_type)7}, &ctx) ==
               ZQ_ERR_INVALID_ARG,
@@ -215,8 +226,8 @@ static void cache_growth_keeps_rows(void)
     int32_t ids[LEN];
     for (int i = 0; i < LEN; i++)
         ids[i] = 100 + (int32_t)((i * 7919u) % (unsigned)(vocab - 100));
-    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16};
-    for (int t = 0; t < 2; t++) {
+    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16, ZQ_KV_Q8};
+    for (int t = 0; t < 3; t++) {
         zq_context *whole = new_context_kv(model_f32, 2, 0, kv_types[t]);
         zq_context *grown = new_context_kv(model_f32, 2, 0, kv_types[t]);
         CHECK(zq_context_eval(whole, ids, LEN, NULL) == ZQ_OK, "%s", zq_last_error());

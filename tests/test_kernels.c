@@ -490,6 +490,68 @@ static void test_attn_f16(void)
     for_each_variant(attn_f16_variant);
 }
 
+/* Fills scales [n] with positive values like those of quantized rows (max|x| / 127). */
+static void fill_scales(float *p, size_t n)
+{
+    fill_f32(p, n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (fabsf(p[i]) + 0.01f) / 127.0f;
+}
+
+/* The attention kernels of an int8 cache must give the reference's bits, with random rows and
+ * rows of only -127 and 127 (the largest int16 pair sums of the AVX2 sign trick). Head sizes
+ * 64 and 32 take every vector path, 16 only NEON's scores, 12 none. */
+static void attn_q8_variant(const zq_kernels *k)
+{
+    static const int shapes[][3] = {{12, 64, 70}, {3, 32, 5}, {9, 64, 1}, {2, 16, 7},
+                                    {5, 12, 9},   {1, 64, 4}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int heads = shapes[s][0], hd = shapes[s][1], n = shapes[s][2];
+        const size_t d = (size_t)heads * hd, ld = (size_t)n + 3;
+        for (int extreme = 0; extreme < 2; extreme++) {
+            int8_t *q = malloc(d), *rows = malloc(n * d);
+            float *qs = malloc(heads * sizeof *qs), *rs = malloc(n * heads * sizeof *rs);
+            float *w = malloc(heads * ld * sizeof *w);
+            float *want = calloc(heads * ld + d, sizeof *want);
+            float *got = calloc(heads * ld + d, sizeof *got);
+            fill_s8(q, d);
+            fill_s8(rows, n * d);
+            for (size_t i = 0; extreme && i < n * d; i++)
+                rows[i] = (int8_t)(i % 3 == 0 ? -127 : 127);
+            for (size_t i = 0; extreme && i < d; i++)
+                q[i] = (int8_t)(i % 2 ? -127 : 127);
+            fill_scales(qs, heads);
+            fill_scales(rs, n * heads);
+            fill_f32(w, heads * ld);
+
+            zq_kernels_ref()->attn_scores_q8(q, qs, rows, rs, n, heads, hd, want, ld);
+            k->attn_scores_q8(q, qs, rows, rs, n, heads, hd, got, ld);
+            CHECK(memcmp(got, want, heads * ld * sizeof *got) == 0,
+                  "%s: int8 attention scores differ, %d heads of %d, %d rows", k->name, heads,
+                  hd, n);
+            fill_f32(want + heads * ld, d);
+            memcpy(got + heads * ld, want + heads * ld, d * sizeof *got);
+            zq_kernels_ref()->attn_values_q8(w, ld, rows, rs, n, heads, hd, want + heads * ld);
+            k->attn_values_q8(w, ld, rows, rs, n, heads, hd, got + heads * ld);
+            CHECK(memcmp(got + heads * ld, want + heads * ld, d * sizeof *got) == 0,
+                  "%s: int8 attention values differ, %d heads of %d, %d rows", k->name, heads,
+                  hd, n);
+            free(q);
+            free(rows);
+            free(qs);
+            free(rs);
+            free(w);
+            free(want);
+            free(got);
+        }
+    }
+}
+
+static void test_attn_q8(void)
+{
+    for_each_variant(attn_q8_variant);
+}
+
 /* ---- dot and axpy ------------------------------------------------------------------------ */
 
 static void vector_variant(const zq_kernels *k)
@@ -586,6 +648,7 @@ int main(void)
     ZQ_RUN(test_gemm_f16_conversion);
     ZQ_RUN(test_row_conversions);
     ZQ_RUN(test_attn_f16);
+    ZQ_RUN(test_attn_q8);
     ZQ_RUN(test_dot_axpy);
     ZQ_CHECK_EXIT();
 }

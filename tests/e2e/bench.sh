@@ -84,6 +84,11 @@ check model_kv_type_f32 has_string "$tmp/kv32.json" kv_type f32
 kv_mb() { grep -o '"kv_mb_per_token":[0-9.]*' "$1" | cut -d: -f2; }
 check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/m1.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
     'BEGIN { d = a * 2 - b; exit !(a > 0 && d < 0.002 && d > -0.002) }'
+# An int8 cache holds a quarter of the f32 bytes plus one 4-byte scale per head of a row.
+bench_model --threads 1 --kv-type int8 >"$tmp/kv8.json"
+check model_kv_type_int8 has_string "$tmp/kv8.json" kv_type int8
+check model_kv_int8_bytes awk -v a="$(kv_mb "$tmp/kv8.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
+    'BEGIN { d = a - b / 4 * (1 + 4.0 / 64); exit !(a > 0 && d < 0.002 && d > -0.002) }'
 
 # zh-chat-tiny has 256 positions: 600 + 8 does not fit, so the prompt becomes 248 tokens.
 "$ZQ" bench model --json --prompt-len 600 --decode 8 --repeats 1 >"$tmp/clip.json" \

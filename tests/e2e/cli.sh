@@ -87,9 +87,11 @@ check run_f16 test -n "$out"
 out=$("$ZQ" run -m "$tmp/zh-f32.zq" -p "你好" --temperature 0 --repetition-penalty 1 \
     --kv-type f16)
 check run_f32_with_f16_cache test "$out" = "我们在这儿"
-"$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --kv-type int8 2>"$tmp/err"
+out=$("$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --temperature 0 --kv-type int8)
+check run_int8_cache test -n "$out"
+"$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --kv-type q4 2>"$tmp/err"
 check run_bad_kv_type_exit2 test $? -eq 2
-check run_bad_kv_type_message grep -q "invalid value 'int8' for --kv-type" "$tmp/err"
+check run_bad_kv_type_message grep -q "invalid value 'q4' for --kv-type" "$tmp/err"
 check serve_help_kv_type sh -c "\"$ZQ\" serve --help | grep -q -- --kv-type"
 "$ZQ" run -m "$tmp/zh-int8.zq" -p "你好" --temperature -1 2>"$tmp/err"
 check run_bad_temperature_exit2 test $? -eq 2

@@ -43,8 +43,8 @@ check help "$ZQ" eval --help >/dev/null
 check table_exit0 test $? -eq 0
 check table_header grep -q "^model .*ppl .*kld_mean .*kld_p99 .*top1_%" "$tmp/table"
 check table_chat_framing grep -q "(chat framing)" "$tmp/table"
-check table_reference_row grep -Eq "f32\.zq +f32 +[0-9.]+ +1\.0000 +0\.000e\+00" "$tmp/table"
-check table_int8_row grep -Eq "int8\.zq +int8 +[0-9.]+ +1\.0" "$tmp/table"
+check table_reference_row grep -Eq "f32\.zq +f32 +f32 +[0-9.]+ +1\.0000 +0\.000e\+00" "$tmp/table"
+check table_int8_row grep -Eq "int8\.zq +int8 +f16 +[0-9.]+ +1\.0" "$tmp/table"
 
 # --- JSON -------------------------------------------------------------------------------------
 "$ZQ" eval "$T" -m "$tmp/f32.zq" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --json -q \
@@ -72,6 +72,22 @@ assert q["same_top1"] > 0.95, q
 assert abs(q["ppl_ratio"] - 1) < 0.01, q
 ' "$tmp/json"
 fi
+
+# --- cache types: an int8 cache scored against the f32 model with its exact f32 cache ----------
+"$ZQ" eval "$T" -m "$tmp/f32.zq" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --json -q \
+    --kv-type int8 --ref-kv-type f32 >"$tmp/kv.json"
+check kv_exit0 test $? -eq 0
+if command -v python3 >/dev/null; then
+    check kv_values python3 -c '
+import json, sys
+ref, q = json.load(open(sys.argv[1]))["models"]
+assert ref["kv_type"] == "f32" and ref["kld_mean"] == 0, ref
+assert q["kv_type"] == "int8", q
+assert 0 < q["kld_mean"] < 0.005, q
+' "$tmp/kv.json"
+fi
+"$ZQ" eval "$T" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --ref-kv-type q4 2>"$tmp/err"
+check kv_bad_exit2 test $? -eq 2
 
 # --- per layer, sliding window, plain text, token limit ---------------------------------------
 "$ZQ" eval "$T" -m "$tmp/f32.zq" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --per-layer -q \
