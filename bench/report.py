@@ -395,7 +395,7 @@ def machine_section(results):
     lines += ["", "Decode limit: bandwidth / bytes of weights one int8 token reads (all matrices "
               "with their scales, the full output head, biases and layer norms), here at the "
               "best bandwidth of the run; the targets divide the same bytes by the bandwidth "
-              "of each record's own process. The KV cache (f16 for int8 models) adds the bytes "
+              "of each record's own process. The KV cache (int8 for int8 models) adds the bytes "
               "in the KV column per token on average over the decoded positions; the last "
               "columns include them.", "",
               "| model | weights MB/token | KV MB/token | "

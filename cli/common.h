@@ -81,8 +81,8 @@ enum {
     CLI_KV_TYPE_HELP
 
 #define CLI_KV_TYPE_HELP                                                                           \
-    "  --kv-type T              KV cache: auto (f32 for f32 weights, else f16), f32, f16 or\n"  \
-    "                           int8 (default auto)\n"
+    "  --kv-type T              KV cache: auto (the type of the weights), f32, f16 or int8\n"  \
+    "                           (default auto)\n"
 
 /* Parses a --kv-type value into *out; prints the error and returns false if invalid. */
 bool cli_parse_kv_type(const char *cmd, const char *arg, zq_kv_type *out);

@@ -228,7 +228,8 @@ zq_status zq_kv_type_parse(const char *name, zq_kv_type *out)
             return ZQ_OK;
         }
     }
-    return zq_fail(ZQ_ERR_INVALID_ARG, "unknown KV cache type '%s' (expected auto, f32, f16 or int8)",
+    return zq_fail(ZQ_ERR_INVALID_ARG,
+                   "unknown KV cache type '%s' (expected auto, f32, f16 or int8)",
                    name ? name : "(null)");
 }
 

@@ -16,7 +16,14 @@ zq_kv_type zq_kv_resolve(zq_kv_type requested, zq_type weights)
 {
     if (requested != ZQ_KV_AUTO)
         return requested;
-    return weights == ZQ_TYPE_F32 ? ZQ_KV_F32 : ZQ_KV_F16;
+    switch (weights) {
+    case ZQ_TYPE_F32:
+        return ZQ_KV_F32;
+    case ZQ_TYPE_F16:
+        return ZQ_KV_F16;
+    default:
+        return ZQ_KV_Q8;
+    }
 }
 
 zq_status zq_kv_init(zq_kv *kv, const zq_hparams *hp, int max_positions, zq_kv_type type)

@@ -159,7 +159,7 @@ typedef struct zq_context zq_context;
  * halves it again. An int8 cache keeps one f32 scale per row and head (64 values for GPT-2),
  * and decoding quantizes the query the same way so that scores are int8 dot products. */
 typedef enum {
-    ZQ_KV_AUTO = 0, /* f32 for f32 weights (the exact comparison path), f16 otherwise */
+    ZQ_KV_AUTO = 0, /* the type of the weights: f32 (the exact comparison path), f16 or int8 */
     ZQ_KV_F32 = 1,
     ZQ_KV_F16 = 2,
     ZQ_KV_Q8 = 3,

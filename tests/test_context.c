@@ -170,9 +170,9 @@ static void batched_decode_matches_single(void)
     batched_decode_matches_single_kv(ZQ_KV_Q8);
 }
 
-/* auto keeps the f32 model's cache in f32, so that it stays the exact comparison path, and
- * gives quantized models an f16 cache. Rounding keys and values to half moves the logits by
- * far less than int8 weights do, but it does move them; an int8 cache moves them more. */
+/* auto gives a model a cache of the type of its weights, so that the f32 model stays the exact
+ * comparison path. Rounding keys and values to half moves the logits by far less than int8
+ * weights do, but it does move them; an int8 cache moves them more. */
 static void kv_cache_types(void)
 {
     zq_context *ctx = new_context_kv(model_f32, 1, 0, ZQ_KV_AUTO);
@@ -180,7 +180,7 @@ static void kv_cache_types(void)
           zq_kv_type_name(zq_context_kv_type(ctx)));
     zq_context_free(ctx);
     ctx = new_context(1, 0);
-    CHECK(zq_context_kv_type(ctx) == ZQ_KV_F16, "int8 model: auto gives %s",
+    CHECK(zq_context_kv_type(ctx) == ZQ_KV_Q8, "int8 model: auto gives %s",
           zq_kv_type_name(zq_context_kv_type(ctx)));
     zq_context_free(ctx);
     ctx = new_context_kv(model, 1, 0, ZQ_KV_F32);

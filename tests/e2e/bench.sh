@@ -73,7 +73,7 @@ tokens() { grep -o '"first_tokens":\[[0-9,]*\]' "$1"; }
 check model_tokens_present test -n "$(tokens "$tmp/m1.json")"
 check model_tokens_same_across_threads test "$(tokens "$tmp/m1.json")" = "$(tokens "$tmp/m2.json")"
 check model_name_option has_string "$tmp/m2.json" model tiny
-check model_kv_type_auto has_string "$tmp/m1.json" kv_type f16
+check model_kv_type_auto has_string "$tmp/m1.json" kv_type int8
 check model_bandwidth_read grep -q '"bandwidth_gb_s":[1-9]' "$tmp/m1.json"
 "$ZQ" bench model --json --prompt-len 4 --decode 2 --repeats 1 --bandwidth-mb 0 >"$tmp/nobw.json"
 check model_bandwidth_skipped test -z "$(grep -o bandwidth_gb_s "$tmp/nobw.json")"
@@ -81,13 +81,14 @@ check model_bandwidth_skipped test -z "$(grep -o bandwidth_gb_s "$tmp/nobw.json"
 check model_bandwidth_bad_exit2 test $? -eq 2
 bench_model --threads 1 --kv-type f32 >"$tmp/kv32.json"
 check model_kv_type_f32 has_string "$tmp/kv32.json" kv_type f32
+bench_model --threads 1 --kv-type f16 >"$tmp/kv16.json"
+check model_kv_type_f16 has_string "$tmp/kv16.json" kv_type f16
 kv_mb() { grep -o '"kv_mb_per_token":[0-9.]*' "$1" | cut -d: -f2; }
-check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/m1.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
+check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/kv16.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
     'BEGIN { d = a * 2 - b; exit !(a > 0 && d < 0.002 && d > -0.002) }'
-# An int8 cache holds a quarter of the f32 bytes plus one 4-byte scale per head of a row.
-bench_model --threads 1 --kv-type int8 >"$tmp/kv8.json"
-check model_kv_type_int8 has_string "$tmp/kv8.json" kv_type int8
-check model_kv_int8_bytes awk -v a="$(kv_mb "$tmp/kv8.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
+# An int8 cache (auto for int8 weights) holds a quarter of the f32 bytes plus one 4-byte scale
+# per head of a row.
+check model_kv_int8_bytes awk -v a="$(kv_mb "$tmp/m1.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
     'BEGIN { d = a - b / 4 * (1 + 4.0 / 64); exit !(a > 0 && d < 0.002 && d > -0.002) }'
 
 # zh-chat-tiny has 256 positions: 600 + 8 does not fit, so the prompt becomes 248 tokens.

@@ -44,7 +44,7 @@ check table_exit0 test $? -eq 0
 check table_header grep -q "^model .*ppl .*kld_mean .*kld_p99 .*top1_%" "$tmp/table"
 check table_chat_framing grep -q "(chat framing)" "$tmp/table"
 check table_reference_row grep -Eq "f32\.zq +f32 +f32 +[0-9.]+ +1\.0000 +0\.000e\+00" "$tmp/table"
-check table_int8_row grep -Eq "int8\.zq +int8 +f16 +[0-9.]+ +1\.0" "$tmp/table"
+check table_int8_row grep -Eq "int8\.zq +int8 +int8 +[0-9.]+ +1\.0" "$tmp/table"
 
 # --- JSON -------------------------------------------------------------------------------------
 "$ZQ" eval "$T" -m "$tmp/f32.zq" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --json -q \
