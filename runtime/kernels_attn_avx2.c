@@ -4,10 +4,10 @@
  * would change the order of the float additions, and every table must give the reference's
  * bits (see zq_kernels in kernels.h for the order each kernel follows).
  *
- * Decoding reads the whole cache once per token, row after row. Scores take each row's heads
- * in groups of up to eight, whose accumulators stay in registers; values add four rows per pass
- * into each head's slice of the output, which stays in registers across the four. Both
- * prefetch the rows ahead into L2.
+ * Decoding reads the whole cache once per token, row after row. The scores kernels take each
+ * row's heads in groups of up to eight, so that their accumulators stay in registers. The
+ * values kernels add four rows per pass into each head's slice of the output, which stays in
+ * registers across the four. Both prefetch the rows ahead into L2.
  */
 #include "kernels_impl.h"
 #include "kernels_x86.h"
@@ -21,12 +21,13 @@
 #define SCORES_PREFETCH_ROWS 4
 
 /* Rows ahead of the block being weighed whose lines are requested into L2. The four rows of a
- * block are four interleaved streams, which the hardware prefetcher follows poorly: without
- * this, reading a cache from memory ran at half the speed of reading it row by row. */
+ * block are four interleaved streams, which the hardware prefetcher follows poorly. Without
+ * this prefetch, reading a cache from memory ran at half the speed of reading it row by row. */
 #define VALUES_PREFETCH_ROWS 8
 
-/* Requests the bytes [at, at + n) into L2. Integer arithmetic: the rows ahead may lie past the
- * cache, where no pointer may point; a prefetch of such an address does nothing. */
+/* Requests the bytes [at, at + n) into L2. The address is an integer because the rows ahead
+ * may lie past the cache, where no pointer may point. A prefetch of such an address does
+ * nothing. */
 static ALWAYS_INLINE void prefetch_l2(uintptr_t at, size_t n)
 {
     for (size_t b = 0; b < n; b += 64)

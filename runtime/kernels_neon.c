@@ -378,8 +378,8 @@ static ALWAYS_INLINE void attn_scores_q8_body(int sdot, const int8_t *q, const f
                 const int8x16_t a = vld1q_s8(q + at + j), k = vld1q_s8(key + at + j);
                 acc = sdot ? dot16_sdot(acc, a, k) : dot16_smull(acc, a, k);
             }
-            const float s = ((float)vaddvq_s32(acc) * q_scale[h]) * k_scales[(size_t)i * heads + h];
-            scores[(size_t)h * ld + i] = s;
+            const float k_scale = k_scales[(size_t)i * heads + h];
+            scores[(size_t)h * ld + i] = ((float)vaddvq_s32(acc) * q_scale[h]) * k_scale;
         }
     }
 }

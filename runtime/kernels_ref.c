@@ -132,7 +132,8 @@ void zq_attn_scores_q8_ref(const int8_t *q, const float *q_scale, const int8_t *
             int32_t dot = 0;
             for (int j = 0; j < hd; j++)
                 dot += (int32_t)q[h * hd + j] * key[h * hd + j];
-            scores[(size_t)h * ld + i] = ((float)dot * q_scale[h]) * k_scales[(size_t)i * heads + h];
+            const float k_scale = k_scales[(size_t)i * heads + h];
+            scores[(size_t)h * ld + i] = ((float)dot * q_scale[h]) * k_scale;
         }
     }
 }

@@ -51,8 +51,8 @@ static inline __attribute__((always_inline)) __m256i hsum8_epi32_ymm(const __m25
                             _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-/* Float version of hsum8_epi32_ymm. Every lane is summed as ((0+1)+(2+3))+((4+5)+(6+7)), so the
- * result of a lane does not depend on its position. */
+/* Float version of hsum8_epi32_ymm. Every lane is summed as ((0+1)+(2+3))+((4+5)+(6+7)), so
+ * the result of a lane does not depend on its position. */
 static inline __attribute__((always_inline)) __m256 hsum8_ps_ymm(const __m256 v[8])
 {
     __m256 t0 = _mm256_hadd_ps(v[0], v[1]);

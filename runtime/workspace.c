@@ -62,8 +62,9 @@ static size_t kv_scale_bytes(const zq_kv *kv)
     return kv->type == ZQ_KV_Q8 ? (size_t)kv->n_head * sizeof(float) : 0;
 }
 
-/* The arena holds [n_layer][k, v][cap] rows, then for an int8 cache [n_layer][k, v][cap][n_head]
- * scales. Tensor t of the 2 * n_layer holds layer t / 2's keys for even t, its values for odd. */
+/* The arena contains [n_layer][k, v][cap] rows, then for an int8 cache [n_layer][k, v][cap]
+ * [n_head] scales. Tensor t (of 2 * n_layer) is layer t / 2's keys when t is even, its values
+ * when t is odd. */
 static unsigned char *kv_rows_at(const zq_kv *kv, unsigned char *arena, int cap, int t)
 {
     return arena + (size_t)t * cap * kv_row_bytes(kv);

@@ -102,8 +102,9 @@ static void threads_give_identical_decode(void)
         for (int step = 0; step < 24; step++) {
             const float *a = zq_context_logits(one);
             const float *b = zq_context_logits(two);
-            CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0, "%s cache, step %d: max diff %g",
-                  zq_kv_type_name(kv_types[t]), step, max_diff(a, b));
+            CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0,
+                  "%s cache, step %d: max diff %g", zq_kv_type_name(kv_types[t]), step,
+                  max_diff(a, b));
             int32_t next = 0;
             for (int i = 1; i < vocab; i++)
                 next = a[i] > a[next] ? i : next;

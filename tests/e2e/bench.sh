@@ -84,7 +84,8 @@ check model_kv_type_f32 has_string "$tmp/kv32.json" kv_type f32
 bench_model --threads 1 --kv-type f16 >"$tmp/kv16.json"
 check model_kv_type_f16 has_string "$tmp/kv16.json" kv_type f16
 kv_mb() { grep -o '"kv_mb_per_token":[0-9.]*' "$1" | cut -d: -f2; }
-check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/kv16.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
+check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/kv16.json")" \
+    -v b="$(kv_mb "$tmp/kv32.json")" \
     'BEGIN { d = a * 2 - b; exit !(a > 0 && d < 0.002 && d > -0.002) }'
 # An int8 cache (auto for int8 weights) holds a quarter of the f32 bytes plus one 4-byte scale
 # per head of a row.
