@@ -437,14 +437,91 @@ static void weigh_chunk(const zq_kernels *k, const float *weights, const zq_kv *
     }
 }
 
-/* Computes the attention of a single token over positions 0..pos of its cache, all heads at
- * once, so every pass over the cache reads whole rows. Reading one head's 64-float slice of
- * each row instead ran at half the memory bandwidth. The positions are split into chunks of
- * ZQ_ATT_CHUNK whose partial outputs are added in chunk order, so the result does not depend
- * on the thread count. The scores scratch contains the weights [heads][T], then the partials
- * [chunks][d]. */
-static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, int layer, int pos,
-                          int n_threads)
+/* Turns the scores [n] of one chunk of positions into exp((score - max) * scale) in place and
+ * sets *max and *sum to the chunk's largest score and the sum of the results. */
+VECTOR_CLONES static void softmax_chunk(float *scores, int n, float scale, float *max, float *sum)
+{
+    float m = -INFINITY;
+    for (int t = 0; t < n; t++)
+        m = scores[t] > m ? scores[t] : m;
+    SIMD_LOOP
+    for (int t = 0; t < n; t++)
+        scores[t] = exp_fast((scores[t] - m) * scale);
+    *max = m;
+    *sum = sum_fixed_order(scores, n);
+}
+
+/* The scratch of attend_one (see zq_single_attention_scratch): the scores [heads][T] at a row
+ * stride of T, then per chunk of positions its partial output [d], and its largest score and
+ * exp sum per head. */
+typedef struct {
+    float *scores;
+    float *partial; /* [chunks][d] */
+    float *max;     /* [chunks][heads] */
+    float *sum;     /* [chunks][heads] */
+} single_scratch;
+
+/* Scores, exponentiates and weighs the cache rows of chunk c: partial[c] receives the sum of the
+ * value rows weighted by exp((score - chunk max) * scale), unnormalized. */
+static void attend_chunk(const zq_kernels *k, const query *q, const zq_kv *kv, int layer,
+                         int heads, int c, int T, float scale, const single_scratch *s)
+{
+    const int d = kv->n_embd;
+    const int t0 = c * ZQ_ATT_CHUNK;
+    const int t1 = t0 + ZQ_ATT_CHUNK < T ? t0 + ZQ_ATT_CHUNK : T;
+    score_chunk(k, q, kv, layer, heads, t0, t1, T, s->scores);
+    for (int h = 0; h < heads; h++)
+        softmax_chunk(s->scores + (size_t)h * T + t0, t1 - t0, scale,
+                      &s->max[(size_t)c * heads + h], &s->sum[(size_t)c * heads + h]);
+    float *partial = s->partial + (size_t)c * d;
+    memset(partial, 0, (size_t)d * sizeof(float));
+    weigh_chunk(k, s->scores, kv, layer, heads, t0, t1, T, partial);
+}
+
+/* Sets out [hd] for head h from the chunks' partial outputs: each chunk is rescaled from its own
+ * max to the largest of all, and the sum is divided by the rescaled exp sums, chunk by chunk in
+ * order. */
+static void combine_chunks(const single_scratch *s, int chunks, int heads, int hd, int h,
+                           float scale, float *out)
+{
+    const size_t d = (size_t)heads * hd;
+    float m = -INFINITY, total = 0;
+    for (int c = 0; c < chunks; c++)
+        m = s->max[(size_t)c * heads + h] > m ? s->max[(size_t)c * heads + h] : m;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int c = 0; c < chunks; c++) {
+        const float f = exp_fast((s->max[(size_t)c * heads + h] - m) * scale);
+        const float *p = s->partial + c * d + (size_t)h * hd;
+        total += f * s->sum[(size_t)c * heads + h];
+        for (int j = 0; j < hd; j++)
+            out[j] += f * p[j];
+    }
+    const float inv = 1.0f / total;
+    for (int j = 0; j < hd; j++)
+        out[j] *= inv;
+}
+
+/* Returns the attention scratch of the calling thread: zq_attention_scratch(hp, 1) floats. */
+static float *thread_scores(const zq_model *m, const zq_workspace *ws)
+{
+#ifdef ZQ_USE_OPENMP
+    return ws->scores + (size_t)omp_get_thread_num() * zq_attention_scratch(&m->hp, 1);
+#else
+    (void)m;
+    return ws->scores;
+#endif
+}
+
+/* Computes the attention of one row over positions 0..pos of its cache, all heads at once, so
+ * every pass over the cache reads whole rows. Reading one head's 64-float slice of each row
+ * instead ran at half the memory bandwidth. The positions are split into chunks of
+ * ZQ_ATT_CHUNK, each scored, exponentiated against its own max and weighed in one pass (the
+ * exponentials of a chunk are still in cache when its values are weighed), and the chunks are
+ * then combined in chunk order. With n_threads > 1 the chunks, then the heads, are split over
+ * the threads, with one barrier between the two; the result is the same on any thread count.
+ * q is the row's query [n_embd], out its output, scratch zq_single_attention_scratch() floats. */
+static void attend_one(const zq_model *m, const zq_kv *kv, int layer, int pos, const float *q,
+                       float *out, float *scratch, int n_threads)
 {
     const zq_kernels *k = m->kernels;
     const int d = m->hp.n_embd;
@@ -453,39 +530,24 @@ static void attend_single(const zq_model *m, zq_workspace *ws, const zq_kv *kv, 
     const float scale = 1.0f / sqrtf((float)hd);
     const int T = pos + 1;
     const int chunks = (T + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
-    const query q = {ws->qkv, ws->q8, ws->q8_scale};
-    float *out = ws->att;
-    float *weights = ws->scores;
-    float *partial = ws->scores + (size_t)heads * T;
+    const size_t max_chunks = ((size_t)m->hp.n_ctx + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
+    single_scratch s = {.scores = scratch, .partial = scratch + (size_t)heads * m->hp.n_ctx};
+    s.max = s.partial + max_chunks * d;
+    s.sum = s.max + max_chunks * heads;
+    float *q8_scale = s.sum + max_chunks * heads;
+    int8_t *q8 = (int8_t *)(q8_scale + heads);
+    const query row_query = {q, q8, q8_scale};
     if (kv->type == ZQ_KV_Q8)
-        quantize_heads(k, ws->qkv, heads, hd, ws->q8, ws->q8_scale);
+        quantize_heads(k, q, heads, hd, q8, q8_scale);
 
-#pragma omp parallel num_threads(n_threads) if (chunks > 1)
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1 && chunks > 1)
     {
 #pragma omp for schedule(static)
-        for (int c = 0; c < chunks; c++) {
-            const int t0 = c * ZQ_ATT_CHUNK;
-            const int t1 = t0 + ZQ_ATT_CHUNK < T ? t0 + ZQ_ATT_CHUNK : T;
-            score_chunk(k, &q, kv, layer, heads, t0, t1, T, weights);
-        }
+        for (int c = 0; c < chunks; c++)
+            attend_chunk(k, &row_query, kv, layer, heads, c, T, scale, &s);
 #pragma omp for schedule(static)
         for (int h = 0; h < heads; h++)
-            softmax_window(weights + (size_t)h * T, T, scale);
-#pragma omp for schedule(static)
-        for (int c = 0; c < chunks; c++) {
-            const int t0 = c * ZQ_ATT_CHUNK;
-            const int t1 = t0 + ZQ_ATT_CHUNK < T ? t0 + ZQ_ATT_CHUNK : T;
-            float *sum = partial + (size_t)c * d;
-            memset(sum, 0, (size_t)d * sizeof(float));
-            weigh_chunk(k, weights, kv, layer, heads, t0, t1, T, sum);
-        }
-#pragma omp for schedule(static)
-        for (int j = 0; j < d; j++) {
-            float sum = 0;
-            for (int c = 0; c < chunks; c++)
-                sum += partial[(size_t)c * d + j];
-            out[j] = sum;
-        }
+            combine_chunks(&s, chunks, heads, hd, h, scale, out + (size_t)h * hd);
     }
 }
 
@@ -499,44 +561,65 @@ static int run_length(zq_kv *const *kvs, const int *pos, int r, int max)
     return len;
 }
 
-/* Computes the attention of every row and head. A single row (decode) goes to attend_single.
- * More rows are cut into blocks of ZQ_ATT_ROWS, and each (block, head) is one work item, so
- * the result does not depend on the thread count. */
+/* Returns whether row r is the only row of its sequence at its position and the ones next to
+ * it: a decoded token in a batch of several sequences. */
+static bool single_row(zq_kv *const *kvs, const int *pos, int n, int r)
+{
+    const bool after = r > 0 && kvs[r - 1] == kvs[r] && pos[r - 1] + 1 == pos[r];
+    const bool before = r + 1 < n && kvs[r + 1] == kvs[r] && pos[r + 1] == pos[r] + 1;
+    return !after && !before;
+}
+
+/* Runs the prefill attention of head h for the rows of block b that are not single rows. */
+static void attend_block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos,
+                         int n, int layer, int b, int h)
+{
+    const int d = m->hp.n_embd;
+    const int hd = d / m->hp.n_head;
+    const int first = b * ZQ_ATT_ROWS;
+    const int end = first + ZQ_ATT_ROWS < n ? first + ZQ_ATT_ROWS : n;
+    float *scores = thread_scores(m, ws);
+    float *buf = thread_kv_rows(m, ws);
+    for (int r = first; r < end;) {
+        const int rows = run_length(kvs, pos, r, end - r);
+        if (rows > 1 || !single_row(kvs, pos, n, r)) {
+            const float *q = ws->qkv + (size_t)r * 3 * d + (size_t)h * hd;
+            float *out = ws->att + (size_t)r * d + (size_t)h * hd;
+            attend_rows(m->kernels, q, (size_t)3 * d, kvs[r], layer, pos[r], rows, h, hd, scores,
+                        buf, out, (size_t)d);
+        }
+        r += rows;
+    }
+}
+
+/* Computes the attention of every row and head. A single row (decode) goes to attend_one on
+ * all threads. Of more rows, each single row (a decoded token in a batch) is one work item
+ * that runs attend_one, so that it gives the bits it would give alone. The rest are cut into
+ * blocks of ZQ_ATT_ROWS, each (block, head) one work item. Either way the result does not
+ * depend on the thread count. */
 static void attention(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const int *pos,
                       int n, int layer, int n_threads)
 {
     const int d = m->hp.n_embd;
     const int heads = m->hp.n_head;
-    const int hd = d / heads;
-    const int blocks = (n + ZQ_ATT_ROWS - 1) / ZQ_ATT_ROWS;
-    const int work = blocks * heads;
+    const int work = (n + ZQ_ATT_ROWS - 1) / ZQ_ATT_ROWS * heads;
     if (n_threads > ws->score_threads)
         n_threads = ws->score_threads;
     if (n == 1) {
-        attend_single(m, ws, kvs[0], layer, pos[0], n_threads);
+        attend_one(m, kvs[0], layer, pos[0], ws->qkv, ws->att, ws->scores, n_threads);
         return;
     }
 
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (work > 1)
-    for (int i = 0; i < work; i++) {
-        const int h = i % heads;
-        const int first = i / heads * ZQ_ATT_ROWS;
-        const int end = first + ZQ_ATT_ROWS < n ? first + ZQ_ATT_ROWS : n;
-#ifdef ZQ_USE_OPENMP
-        float *scores =
-            ws->scores + (size_t)omp_get_thread_num() * ZQ_ATT_ROWS * (size_t)m->hp.n_ctx;
-#else
-        float *scores = ws->scores;
-#endif
-        float *buf = thread_kv_rows(m, ws);
-        for (int r = first; r < end;) {
-            const int rows = run_length(kvs, pos, r, end - r);
-            const float *q = ws->qkv + (size_t)r * 3 * d + (size_t)h * hd;
-            float *out = ws->att + (size_t)r * d + (size_t)h * hd;
-            attend_rows(m->kernels, q, (size_t)3 * d, kvs[r], layer, pos[r], rows, h, hd, scores,
-                        buf, out, (size_t)d);
-            r += rows;
-        }
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
+    {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int r = 0; r < n; r++)
+            if (single_row(kvs, pos, n, r))
+                attend_one(m, kvs[r], layer, pos[r], ws->qkv + (size_t)r * 3 * d,
+                           ws->att + (size_t)r * d, thread_scores(m, ws), 1);
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < work; i++)
+            attend_block(m, ws, kvs, pos, n, layer, i / heads, i % heads);
     }
 }
 

@@ -96,8 +96,6 @@ typedef struct {
     float *mlp;    /* [rows][n_inner] */
     float *scores; /* attention scratch, zq_attention_scratch() floats */
     float *kv_rows; /* per thread: f32 copies of cache rows, zq_kv_row_scratch() floats */
-    int8_t *q8;     /* [n_embd] the decoded token's query, quantized per head (int8 cache) */
-    float *q8_scale; /* [n_head] */
     int score_threads;
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
@@ -110,15 +108,25 @@ typedef struct {
 /* Positions per work item of the attention of a single token (decode). */
 #define ZQ_ATT_CHUNK 64
 
-/* Returns the floats of attention scratch a workspace needs: ZQ_ATT_ROWS rows of weights per
- * thread for prefill, or for a single token the weights of every head and one partial output
- * per chunk of positions. */
+/* Returns the floats of scratch that the attention of one row over its whole cache (decode)
+ * needs: the scores [n_head][n_ctx], then per chunk of ZQ_ATT_CHUNK positions a partial output
+ * [n_embd] and a max and a sum per head, then the row's query quantized per head ([n_embd]
+ * int8 and [n_head] scales). */
+static inline size_t zq_single_attention_scratch(const zq_hparams *hp)
+{
+    const size_t heads = (size_t)hp->n_head, d = (size_t)hp->n_embd;
+    const size_t chunks = ((size_t)hp->n_ctx + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
+    const size_t query = (d + sizeof(float) - 1) / sizeof(float) + heads;
+    return heads * hp->n_ctx + chunks * (d + 2 * heads) + query;
+}
+
+/* Returns the floats of attention scratch a workspace needs: per thread, ZQ_ATT_ROWS rows of
+ * weights for prefill, or the scratch of one decoded row. */
 static inline size_t zq_attention_scratch(const zq_hparams *hp, int threads)
 {
-    const size_t rows = (size_t)threads * ZQ_ATT_ROWS * (size_t)hp->n_ctx;
-    const size_t chunks = ((size_t)hp->n_ctx + ZQ_ATT_CHUNK - 1) / ZQ_ATT_CHUNK;
-    const size_t single = (size_t)hp->n_head * hp->n_ctx + chunks * (size_t)hp->n_embd;
-    return rows > single ? rows : single;
+    const size_t rows = ZQ_ATT_ROWS * (size_t)hp->n_ctx;
+    const size_t single = zq_single_attention_scratch(hp);
+    return (size_t)threads * (rows > single ? rows : single);
 }
 
 /* Returns the floats per thread that the attention of several rows (prefill) needs to read an

@@ -165,10 +165,6 @@ zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows
     ws->mlp = alloc_floats(rows * (size_t)hp->n_inner, &st);
     ws->scores = alloc_floats(zq_attention_scratch(hp, ws->score_threads), &st);
     ws->kv_rows = alloc_floats(zq_kv_row_scratch(hp) * (size_t)ws->score_threads, &st);
-    ws->q8 = zq_aligned_alloc(d);
-    ws->q8_scale = alloc_floats((size_t)hp->n_head, &st);
-    if (!ws->q8)
-        st = ZQ_ERR_NOMEM;
     ws->head_in = alloc_floats(ZQ_HEAD_ROWS * d, &st);
     ws->head_out = alloc_floats((size_t)ZQ_HEAD_ROWS * (size_t)hp->n_vocab, &st);
     if (st == ZQ_OK) {
@@ -192,8 +188,6 @@ void zq_workspace_free(zq_workspace *ws)
     zq_aligned_free(ws->mlp);
     zq_aligned_free(ws->scores);
     zq_aligned_free(ws->kv_rows);
-    zq_aligned_free(ws->q8);
-    zq_aligned_free(ws->q8_scale);
     zq_aligned_free(ws->head_in);
     zq_aligned_free(ws->head_out);
     zq_linear_scratch_free(&ws->lin);

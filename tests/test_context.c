@@ -120,16 +120,19 @@ static void chunked_prompt_matches_whole(void)
 {
     /* Prefill rows and decode rows take different attention and kernel paths, so equality is
      * within float rounding, not bitwise. The f32 model keeps it there: in int8, a rounding
-     * difference can move an activation across a quantization step and the logits by ~0.01. */
+     * difference can move an activation across a quantization step and the logits by ~0.01.
+     * The int8 cache quantizes keys, values and queries the same way, so a rounding difference
+     * can move one of them a step: 0.0008 with the reference kernels. */
     static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16, ZQ_KV_Q8};
     for (int i = 0; i < 3; i++) {
         const zq_kv_type kv = kv_types[i];
+        const double tolerance = kv == ZQ_KV_Q8 ? 4e-3 : 1e-4;
         float *whole = last_logits_of(model_f32, kv, 2, 0, false);
         float *chunked = last_logits_of(model_f32, kv, 2, 4, false);
         float *single = last_logits_of(model_f32, kv, 2, 0, true);
-        CHECK(max_diff(whole, chunked) < 1e-4, "%s cache: chunked differs by %g",
+        CHECK(max_diff(whole, chunked) < tolerance, "%s cache: chunked differs by %g",
               zq_kv_type_name(kv), max_diff(whole, chunked));
-        CHECK(max_diff(whole, single) < 1e-4, "%s cache: token by token differs by %g",
+        CHECK(max_diff(whole, single) < tolerance, "%s cache: token by token differs by %g",
               zq_kv_type_name(kv), max_diff(whole, single));
         free(whole);
         free(chunked);
@@ -137,27 +140,29 @@ static void chunked_prompt_matches_whole(void)
     }
 }
 
-/* One batched step over sequences of different lengths equals each sequence decoded alone,
- * within float rounding (the f32 model, as above), for both cache types. */
-static void batched_decode_matches_single_kv(zq_kv_type kv)
+/* One batched step over sequences of different lengths gives each sequence the bits it gets
+ * decoded alone: the linear layers compute every row alike whatever the batch, and attention
+ * runs each decoded row through the single-row path. */
+static void batched_decode_matches_single_kv(zq_model *m, zq_kv_type kv)
 {
     enum { SEQS = 5 };
     zq_context *ctxs[SEQS];
     int32_t next[SEQS];
     for (int s = 0; s < SEQS; s++) {
-        ctxs[s] = new_context_kv(model_f32, 2, 0, kv);
+        ctxs[s] = new_context_kv(m, 2, 0, kv);
         /* Sequences of different lengths: prompt prefixes of 3..7 tokens. */
         zq_context_eval(ctxs[s], prompt, 3 + s, NULL);
         next[s] = prompt[3 + s];
     }
     CHECK(zq_decode_batch(ctxs, next, SEQS) == ZQ_OK, "%s", zq_last_error());
     for (int s = 0; s < SEQS; s++) {
-        zq_context *alone = new_context_kv(model_f32, 2, 0, kv);
+        zq_context *alone = new_context_kv(m, 2, 0, kv);
         zq_context_eval(alone, prompt, 3 + s, NULL);
         zq_context_eval(alone, &next[s], 1, NULL);
-        const double d = max_diff(zq_context_logits(alone), zq_context_logits(ctxs[s]));
-        CHECK(d < 1e-4, "%s cache, sequence %d: batched logits differ by %g", zq_kv_type_name(kv),
-              s, d);
+        const float *a = zq_context_logits(alone), *b = zq_context_logits(ctxs[s]);
+        CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0,
+              "%s weights, %s cache, sequence %d: batched logits differ by %g",
+              zq_type_name(zq_model_type(m)), zq_kv_type_name(kv), s, max_diff(a, b));
         CHECK_EQ_INT(zq_context_pos(ctxs[s]), 4 + s);
         zq_context_free(alone);
         zq_context_free(ctxs[s]);
@@ -166,9 +171,11 @@ static void batched_decode_matches_single_kv(zq_kv_type kv)
 
 static void batched_decode_matches_single(void)
 {
-    batched_decode_matches_single_kv(ZQ_KV_F32);
-    batched_decode_matches_single_kv(ZQ_KV_F16);
-    batched_decode_matches_single_kv(ZQ_KV_Q8);
+    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16, ZQ_KV_Q8};
+    for (int t = 0; t < 3; t++) {
+        batched_decode_matches_single_kv(model_f32, kv_types[t]);
+        batched_decode_matches_single_kv(model, kv_types[t]);
+    }
 }
 
 /* auto gives a model a cache of the type of its weights, so that the f32 model stays the exact
