@@ -77,6 +77,9 @@ zq_status zq_context_create(const zq_model *model, const zq_context_params *para
         zq_context_free(c);
         return st;
     }
+    ZQ_INFO("context: %d positions, %s KV cache of up to %.1f MB, %d threads", n_ctx,
+            zq_kv_type_name(kv_type),
+            (double)n_ctx * zq_model_kv_bytes_per_position(model, kv_type) / 1e6, c->n_threads);
     *out = c;
     return ZQ_OK;
 }
