@@ -106,7 +106,7 @@ static int parse_option(int c, const char *arg, model_options *o)
         o->json = true;
         return 0;
     case 'k':
-        return cli_parse_kv_type(CMD, arg, &o->kv_type) ? 0 : -1;
+        return cli_parse_kv_type(CMD, "--kv-type", arg, &o->kv_type) ? 0 : -1;
     case 'b':
         return cli_parse_int(CMD, "bandwidth-mb", arg, 0, 1 << 20, &o->bandwidth_mb) ? 0 : -1;
     }
@@ -341,7 +341,8 @@ static void print_text(const bench_session *s, const model_options *o, const mod
     printf("load:     %.3f s\n", r->load_s);
     printf("prefill:  %.1f tokens/s (%d-token prompt)\n", r->prefill_tok_s, r->prompt_len);
     printf("ttft:     %.2f ms\n", r->ttft_ms);
-    printf("decode:   %.2f tokens/s (%d tokens, greedy)\n", r->decode_tok_s, o->decode);
+    printf("decode:   %.2f tokens/s (%d token%s, greedy)\n", r->decode_tok_s, o->decode,
+           o->decode == 1 ? "" : "s");
     printf("KV cache: %s\n", zq_kv_type_name(zq_context_kv_type(s->ctx)));
     printf("peak RSS: %.1f MiB\n", r->peak_rss_mb);
     const double kv_mb = kv_mb_per_token(s, o, r);

@@ -110,10 +110,13 @@ static int parse_option(int c, options *o)
         o->p.n_threads = (int)v;
         return ZQ_EXIT_OK;
     case 'k':
-        return cli_parse_kv_type(CMD, optarg, &o->p.kv_type) ? ZQ_EXIT_OK : ZQ_EXIT_USAGE;
+        return cli_parse_kv_type(CMD, "--kv-type", optarg, &o->p.kv_type) ? ZQ_EXIT_OK
+                                                                           : ZQ_EXIT_USAGE;
     case 'K':
         o->p.ref_kv_set = true;
-        return cli_parse_kv_type(CMD, optarg, &o->p.ref_kv_type) ? ZQ_EXIT_OK : ZQ_EXIT_USAGE;
+        return cli_parse_kv_type(CMD, "--ref-kv-type", optarg, &o->p.ref_kv_type)
+                   ? ZQ_EXIT_OK
+                   : ZQ_EXIT_USAGE;
     case 'n':
         if (!cli_parse_int(CMD, "max-tokens", optarg, 2, 1 << 30, &v))
             return ZQ_EXIT_USAGE;

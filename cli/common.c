@@ -29,11 +29,11 @@ void cli_error_status(const char *cmd, zq_status status)
     cli_error(cmd, "%s", detail[0] ? detail : zq_status_str(status));
 }
 
-bool cli_parse_kv_type(const char *cmd, const char *arg, zq_kv_type *out)
+bool cli_parse_kv_type(const char *cmd, const char *option, const char *arg, zq_kv_type *out)
 {
     if (zq_kv_type_parse(arg, out) == ZQ_OK)
         return true;
-    cli_error(cmd, "invalid value '%s' for --kv-type: expected auto, f32, f16 or int8", arg);
+    cli_error(cmd, "invalid value '%s' for %s: expected auto, f32, f16 or int8", arg, option);
     return false;
 }
 
@@ -205,7 +205,7 @@ int cli_gen_option(const char *cmd, int opt, const char *arg, zq_chat_params *p)
         p->n_threads = (int)l;
         return 1;
     case CLI_OPT_KV_TYPE:
-        return cli_parse_kv_type(cmd, arg, &p->kv_type) ? 1 : -1;
+        return cli_parse_kv_type(cmd, "--kv-type", arg, &p->kv_type) ? 1 : -1;
     case CLI_OPT_HISTORY:
         if (!cli_parse_int(cmd, "history", arg, 0, ZQ_CHAT_MAX_EXCHANGES, &l))
             return -1;

@@ -84,8 +84,9 @@ enum {
     "  --kv-type T              KV cache: auto (the type of the weights), f32, f16 or int8\n"  \
     "                           (default auto)\n"
 
-/* Parses a --kv-type value into *out; prints the error and returns false if invalid. */
-bool cli_parse_kv_type(const char *cmd, const char *arg, zq_kv_type *out);
+/* Parses the value of option (e.g. "--kv-type") into *out; prints the error and returns false
+ * if invalid. */
+bool cli_parse_kv_type(const char *cmd, const char *option, const char *arg, zq_kv_type *out);
 
 /* Applies one of the shared generation options to p. Returns 1 if opt was one of them, 0 if
  * not, -1 on an invalid value (already printed). */

@@ -142,9 +142,9 @@ zq_status zq_chat_build_prompt(const zq_model *model, const char *const *turns, 
     int n_last = 0;
     zq_tokenize(model, turns[n_turns - 1], NULL, 0, &n_last);
     return zq_fail(ZQ_ERR_CONTEXT_FULL,
-                   "the message has %d tokens, and with [CLS], [SEP] and room for %d new tokens "
-                   "it does not fit in the context of %d tokens",
-                   n_last, reserve, n_ctx);
+                   "the message has %d tokens, and with [CLS], [SEP] and room for %d new "
+                   "token%s it does not fit in the context of %d tokens",
+                   n_last, reserve, reserve == 1 ? "" : "s", n_ctx);
 }
 
 /* Evaluates the prompt, reusing the cached prefix it shares with the previous prompt. */

@@ -210,7 +210,8 @@ static void store_kv(const zq_kernels *k, zq_kv *const *kvs, const int *pos, con
     }
 }
 
-/* Returns the scratch of the calling thread for f32 copies of f16 cache rows. */
+/* Returns the scratch of the calling thread for f32 copies of f16 or int8 cache rows and the
+ * requantized queries of an int8 cache (zq_kv_row_scratch). */
 static float *thread_kv_rows(const zq_model *m, const zq_workspace *ws)
 {
 #ifdef ZQ_USE_OPENMP

@@ -14,18 +14,23 @@
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define HUGE_PAGE_MIN_BYTES ((size_t)8 << 20)
 
+void *zq_huge_alloc(size_t size)
+{
+    /* Streaming the weights once per token walks the page tables every 4 KB and misses the
+     * TLB beyond a few MB; 2 MiB pages cover a model's weights with a few dozen entries. With
+     * transparent huge pages off, madvise fails and 4 KB pages stay. */
+    void *ptr = NULL;
+    if (posix_memalign(&ptr, HUGE_PAGE_BYTES, ZQ_ALIGN_UP(size)) != 0)
+        return NULL;
+    madvise(ptr, size / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES, MADV_HUGEPAGE);
+    return ptr;
+}
+
 void *zq_aligned_alloc(size_t size)
 {
+    if (size >= HUGE_PAGE_MIN_BYTES)
+        return zq_huge_alloc(size);
     void *ptr = NULL;
-    if (size >= HUGE_PAGE_MIN_BYTES) {
-        /* Streaming the weights once per token walks the page tables every 4 KB and misses
-         * the TLB beyond a few MB; 2 MiB pages cover a model's weights with a few dozen
-         * entries. With transparent huge pages off, madvise fails and 4 KB pages stay. */
-        if (posix_memalign(&ptr, HUGE_PAGE_BYTES, ZQ_ALIGN_UP(size)) != 0)
-            return NULL;
-        madvise(ptr, size / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES, MADV_HUGEPAGE);
-        return ptr;
-    }
     if (posix_memalign(&ptr, ZQ_ALIGN, size ? ZQ_ALIGN_UP(size) : ZQ_ALIGN) != 0)
         return NULL;
     return ptr;

@@ -127,9 +127,11 @@ static bool load_model(zq_server *srv)
     srv->n_ctx = zq_sched_n_ctx(srv->sched);
     srv->created = (long)time(NULL);
     const zq_kv_type kv = zq_model_kv_type(srv->model, srv->cfg.kv_type);
-    ZQ_SRV_LOG_INFO("model %s loaded in %.2f s: %s; %d slots of %d tokens, %s KV cache, queue %d",
+    ZQ_SRV_LOG_INFO("model %s loaded in %.2f s: %s; %d slot%s of %d tokens, %s KV cache, "
+                    "queue %d",
                     srv->model_id, zq_model_load_seconds(srv->model), zq_model_desc(srv->model),
-                    srv->cfg.parallel, srv->n_ctx, zq_kv_type_name(kv), srv->cfg.queue);
+                    srv->cfg.parallel, srv->cfg.parallel == 1 ? "" : "s", srv->n_ctx,
+                    zq_kv_type_name(kv), srv->cfg.queue);
     return true;
 }
 

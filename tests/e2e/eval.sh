@@ -88,6 +88,7 @@ assert 0 < q["kld_mean"] < 0.005, q
 fi
 "$ZQ" eval "$T" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --ref-kv-type q4 2>"$tmp/err"
 check kv_bad_exit2 test $? -eq 2
+check kv_bad_names_option grep -q "invalid value 'q4' for --ref-kv-type" "$tmp/err"
 
 # --- per layer, sliding window, plain text, token limit ---------------------------------------
 "$ZQ" eval "$T" -m "$tmp/f32.zq" -m "$tmp/int8.zq" --text "$tmp/slice.tsv" --per-layer -q \
