@@ -50,6 +50,12 @@ static ALWAYS_INLINE __m256 load_row8(int q8, const void *row, size_t at)
     return q8 ? load_s8x8((const int8_t *)row + at) : load_f16x8((const uint16_t *)row + at);
 }
 
+/* Returns acc + w * x: fused for an int8 cache, rounded twice for f16 (see zq_kernels). */
+static ALWAYS_INLINE __m256 weigh8(int q8, __m256 acc, __m256 w, __m256 x)
+{
+    return q8 ? _mm256_fmadd_ps(w, x, acc) : _mm256_add_ps(acc, _mm256_mul_ps(w, x));
+}
+
 /* ---- scores ------------------------------------------------------------------------------- */
 
 /* f16 scores of heads [h0, h0 + ng) of one cache row. */
@@ -175,10 +181,10 @@ static ALWAYS_INLINE void weigh_block4(int q8, const float *w, size_t ld, const 
         float *o = out + (size_t)h * hd;
         for (int j = 0; j < hd; j += 8) {
             __m256 a = _mm256_loadu_ps(o + j);
-            a = _mm256_add_ps(a, _mm256_mul_ps(w0, load_row8(q8, v, (size_t)j)));
-            a = _mm256_add_ps(a, _mm256_mul_ps(w1, load_row8(q8, v, d + j)));
-            a = _mm256_add_ps(a, _mm256_mul_ps(w2, load_row8(q8, v, 2 * d + j)));
-            a = _mm256_add_ps(a, _mm256_mul_ps(w3, load_row8(q8, v, 3 * d + j)));
+            a = weigh8(q8, a, w0, load_row8(q8, v, (size_t)j));
+            a = weigh8(q8, a, w1, load_row8(q8, v, d + j));
+            a = weigh8(q8, a, w2, load_row8(q8, v, 2 * d + j));
+            a = weigh8(q8, a, w3, load_row8(q8, v, 3 * d + j));
             _mm256_storeu_ps(o + j, a);
         }
     }
@@ -198,10 +204,9 @@ static ALWAYS_INLINE void weigh_rows(int q8, const float *w, size_t ld, const vo
             const __m256 wi = _mm256_set1_ps(row_weight(w, ld, scales, heads, (size_t)i, h));
             const void *v = row + (size_t)h * hd * elem;
             float *o = out + (size_t)h * hd;
-            for (int j = 0; j < hd; j += 8) {
-                const __m256 p = _mm256_mul_ps(wi, load_row8(q8, v, (size_t)j));
-                _mm256_storeu_ps(o + j, _mm256_add_ps(_mm256_loadu_ps(o + j), p));
-            }
+            for (int j = 0; j < hd; j += 8)
+                _mm256_storeu_ps(o + j, weigh8(q8, _mm256_loadu_ps(o + j), wi,
+                                               load_row8(q8, v, (size_t)j)));
         }
     }
 }

@@ -363,7 +363,7 @@ static void attn_values_f16_neon(const float *w, size_t ld, const uint16_t *valu
 }
 
 /* Attention over an int8 cache: the dot products are exact in int32 (any order), the scaling
- * and the weighted sums follow the reference's order. */
+ * and the weighted sums (fused multiply-adds) follow the reference's order. */
 static ALWAYS_INLINE void attn_scores_q8_body(int sdot, const int8_t *q, const float *q_scale,
                                               const int8_t *keys, const float *k_scales, int n,
                                               int heads, int hd, float *scores, size_t ld)
@@ -421,8 +421,8 @@ static void attn_values_q8_neon(const float *w, size_t ld, const int8_t *values,
                 const int16x8_t v = vmovl_s8(vld1_s8(value + (size_t)h * hd + j));
                 const float32x4_t lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(v)));
                 const float32x4_t hi = vcvtq_f32_s32(vmovl_high_s16(v));
-                vst1q_f32(o + j, vaddq_f32(vld1q_f32(o + j), vmulq_n_f32(lo, p)));
-                vst1q_f32(o + j + 4, vaddq_f32(vld1q_f32(o + j + 4), vmulq_n_f32(hi, p)));
+                vst1q_f32(o + j, vfmaq_n_f32(vld1q_f32(o + j), lo, p));
+                vst1q_f32(o + j + 4, vfmaq_n_f32(vld1q_f32(o + j + 4), hi, p));
             }
         }
     }

@@ -147,7 +147,7 @@ void zq_attn_values_q8_ref(const float *w, size_t ld, const int8_t *values, cons
         for (int h = 0; h < heads; h++) {
             const float p = w[(size_t)h * ld + i] * v_scales[(size_t)i * heads + h];
             for (int j = 0; j < hd; j++)
-                out[h * hd + j] += p * (float)value[h * hd + j];
+                out[h * hd + j] = fmaf(p, (float)value[h * hd + j], out[h * hd + j]);
         }
     }
 }
