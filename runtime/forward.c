@@ -482,8 +482,8 @@ static void attend_chunk(const zq_kernels *k, const query *q, const zq_kv *kv, i
 /* Sets out [hd] for head h from the chunks' partial outputs: each chunk is rescaled from its own
  * max to the largest of all, and the sum is divided by the rescaled exp sums, chunk by chunk in
  * order. */
-static void combine_chunks(const single_scratch *s, int chunks, int heads, int hd, int h,
-                           float scale, float *out)
+VECTOR_CLONES static void combine_chunks(const single_scratch *s, int chunks, int heads, int hd,
+                                         int h, float scale, float *out)
 {
     const size_t d = (size_t)heads * hd;
     float m = -INFINITY, total = 0;
@@ -494,10 +494,12 @@ static void combine_chunks(const single_scratch *s, int chunks, int heads, int h
         const float f = exp_fast((s->max[(size_t)c * heads + h] - m) * scale);
         const float *p = s->partial + c * d + (size_t)h * hd;
         total += f * s->sum[(size_t)c * heads + h];
+        SIMD_LOOP
         for (int j = 0; j < hd; j++)
             out[j] += f * p[j];
     }
     const float inv = 1.0f / total;
+    SIMD_LOOP
     for (int j = 0; j < hd; j++)
         out[j] *= inv;
 }
