@@ -20,19 +20,32 @@
 #include <omp.h>
 #endif
 
+/* Returns the sum over i < d of (x[i] - shift)^square, in double, in four running sums that
+ * are added at the end: four independent chains of additions run about three times faster than
+ * one, and the order stays fixed. */
+static double sum4(const float *x, int d, double shift, bool square)
+{
+    double s[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= d; i += 4)
+        for (int l = 0; l < 4; l++) {
+            const double v = x[i + l] - shift;
+            s[l] += square ? v * v : v;
+        }
+    for (; i < d; i++) {
+        const double v = x[i] - shift;
+        s[i % 4] += square ? v * v : v;
+    }
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 static void layer_norm(const float *x, const float *g, const float *b, int d, float eps,
                        float *out)
 {
     /* Two passes in double: the variance of a residual stream with outlier channels loses
      * precision in float when computed as E[x^2] - E[x]^2. */
-    double mean = 0;
-    for (int i = 0; i < d; i++)
-        mean += x[i];
-    mean /= d;
-    double var = 0;
-    for (int i = 0; i < d; i++)
-        var += (x[i] - mean) * (x[i] - mean);
-    var /= d;
+    const double mean = sum4(x, d, 0, false) / d;
+    const double var = sum4(x, d, mean, true) / d;
     const float inv = (float)(1.0 / sqrt(var + eps));
     const float mu = (float)mean;
     for (int i = 0; i < d; i++)
@@ -42,7 +55,13 @@ static void layer_norm(const float *x, const float *g, const float *b, int d, fl
 static void layer_norm_rows(const float *x, const float *g, const float *b, int n, int d,
                             float eps, float *out, int n_threads)
 {
-#pragma omp parallel for num_threads(n_threads) if (n > 1)
+    if (n == 1) {
+        /* Even a parallel region that its if clause makes serial costs microseconds (about
+         * 1 us per call measured here, 13 calls per decoded token of gpt2-distil). */
+        layer_norm(x, g, b, d, eps, out);
+        return;
+    }
+#pragma omp parallel for num_threads(n_threads)
     for (int r = 0; r < n; r++)
         layer_norm(x + (size_t)r * d, g, b, d, eps, out + (size_t)r * d);
 }
@@ -136,7 +155,11 @@ static void activate_rows(zq_activation act, float *x, size_t count, int n_threa
 {
     enum { CHUNK = 4096 };
     const size_t chunks = (count + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(n_threads) if (chunks > 1)
+    if (chunks == 1) {
+        activate_span(act, x, count); /* no parallel region, as in layer_norm_rows */
+        return;
+    }
+#pragma omp parallel for num_threads(n_threads)
     for (size_t c = 0; c < chunks; c++) {
         const size_t begin = c * CHUNK;
         activate_span(act, x + begin, count - begin < CHUNK ? count - begin : CHUNK);
@@ -543,7 +566,16 @@ static void attend_one(const zq_model *m, const zq_kv *kv, int layer, int pos, c
     if (kv->type == ZQ_KV_Q8)
         quantize_heads(k, q, heads, hd, q8, q8_scale);
 
-#pragma omp parallel num_threads(n_threads) if (n_threads > 1 && chunks > 1)
+    if (n_threads <= 1 || chunks <= 1) {
+        /* No parallel region at all: even one that its if clause makes serial costs
+         * microseconds. */
+        for (int c = 0; c < chunks; c++)
+            attend_chunk(k, &row_query, kv, layer, heads, c, T, scale, &s);
+        for (int h = 0; h < heads; h++)
+            combine_chunks(&s, chunks, heads, hd, h, scale, out + (size_t)h * hd);
+        return;
+    }
+#pragma omp parallel num_threads(n_threads)
     {
 #pragma omp for schedule(static)
         for (int c = 0; c < chunks; c++)

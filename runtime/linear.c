@@ -207,7 +207,13 @@ static void linear_run(const linear_job *job, int n_threads)
     if (threads > units)
         threads = units;
 #ifdef ZQ_USE_OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1)
+    if (threads <= 1) {
+        /* Without a parallel region: even one that its if clause makes serial costs
+         * microseconds. */
+        linear_thread(job, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
     linear_thread(job, omp_get_thread_num(), omp_get_num_threads());
 #else
     (void)threads;
