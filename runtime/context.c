@@ -203,8 +203,8 @@ size_t zq_model_kv_bytes_per_position(const zq_model *model, zq_kv_type type)
 {
     const zq_kv_type t = zq_kv_resolve(type, model->type);
     const zq_hparams *hp = &model->hp;
-    const size_t scales = t == ZQ_KV_Q8 ? (size_t)hp->n_head * sizeof(float) : 0;
-    return 2 * (size_t)hp->n_layer * ((size_t)hp->n_embd * zq_kv_elem_size(t) + scales);
+    const size_t row = (size_t)hp->n_embd * zq_kv_elem_size(t) + zq_kv_scale_size(t, hp->n_head);
+    return 2 * (size_t)hp->n_layer * row;
 }
 
 const char *zq_kv_type_name(zq_kv_type type)

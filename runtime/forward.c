@@ -282,16 +282,26 @@ static float sum_fixed_order(const float *x, int n)
            ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
+/* Turns the scores [n] of one chunk of positions into exp((score - max) * scale) in place and
+ * sets *max and *sum to the chunk's largest score and the sum of the results. */
+VECTOR_CLONES static void softmax_chunk(float *scores, int n, float scale, float *max, float *sum)
+{
+    float m = -INFINITY;
+    for (int t = 0; t < n; t++)
+        m = scores[t] > m ? scores[t] : m;
+    SIMD_LOOP
+    for (int t = 0; t < n; t++)
+        scores[t] = exp_fast((scores[t] - m) * scale);
+    *max = m;
+    *sum = sum_fixed_order(scores, n);
+}
+
 /* Turns row scores [T] into attention weights over the causal window [0, n) in place. */
 VECTOR_CLONES static void softmax_window(float *scores, int n, float scale)
 {
-    float max = -INFINITY;
-    for (int t = 0; t < n; t++)
-        max = scores[t] > max ? scores[t] : max;
-    SIMD_LOOP
-    for (int t = 0; t < n; t++)
-        scores[t] = exp_fast((scores[t] - max) * scale);
-    const float inv = 1.0f / sum_fixed_order(scores, n);
+    float max, sum;
+    softmax_chunk(scores, n, scale, &max, &sum);
+    const float inv = 1.0f / sum;
     SIMD_LOOP
     for (int t = 0; t < n; t++)
         scores[t] *= inv;
@@ -459,20 +469,6 @@ static void weigh_chunk(const zq_kernels *k, const float *weights, const zq_kv *
         for (int t = t0; t < t1; t++)
             weigh_position(weights, values + (size_t)t * d, t, heads, hd, T, sum);
     }
-}
-
-/* Turns the scores [n] of one chunk of positions into exp((score - max) * scale) in place and
- * sets *max and *sum to the chunk's largest score and the sum of the results. */
-VECTOR_CLONES static void softmax_chunk(float *scores, int n, float scale, float *max, float *sum)
-{
-    float m = -INFINITY;
-    for (int t = 0; t < n; t++)
-        m = scores[t] > m ? scores[t] : m;
-    SIMD_LOOP
-    for (int t = 0; t < n; t++)
-        scores[t] = exp_fast((scores[t] - m) * scale);
-    *max = m;
-    *sum = sum_fixed_order(scores, n);
 }
 
 /* The scratch of attend_one (see zq_single_attention_scratch): the scores [heads][T] at a row

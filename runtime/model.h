@@ -75,7 +75,21 @@ typedef struct {
 /* Returns the bytes of one cached element of the given type (scales not included). */
 static inline size_t zq_kv_elem_size(zq_kv_type type)
 {
-    return type == ZQ_KV_Q8 ? 1 : type == ZQ_KV_F16 ? sizeof(uint16_t) : sizeof(float);
+    switch (type) {
+    case ZQ_KV_Q8:
+        return 1;
+    case ZQ_KV_F16:
+        return sizeof(uint16_t);
+    default:
+        return sizeof(float);
+    }
+}
+
+/* Returns the bytes of the scales of one cached row of one tensor: n_head floats for an int8
+ * cache, none otherwise. */
+static inline size_t zq_kv_scale_size(zq_kv_type type, int n_head)
+{
+    return type == ZQ_KV_Q8 ? (size_t)n_head * sizeof(float) : 0;
 }
 
 /* Returns the cache type that auto stands for with weights of the given type. */

@@ -58,10 +58,10 @@ static size_t kv_row_bytes(const zq_kv *kv)
     return (size_t)kv->n_embd * zq_kv_elem_size(kv->type);
 }
 
-/* Returns the bytes of the scales of one cached row of one tensor (int8 only). */
+/* Returns the bytes of the scales of one cached row of one tensor. */
 static size_t kv_scale_bytes(const zq_kv *kv)
 {
-    return kv->type == ZQ_KV_Q8 ? (size_t)kv->n_head * sizeof(float) : 0;
+    return zq_kv_scale_size(kv->type, kv->n_head);
 }
 
 /* Returns the bytes of the rows of every tensor of a cache of cap positions, rounded up to
