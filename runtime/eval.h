@@ -127,8 +127,8 @@ typedef struct {
 
 #define ZQ_EVAL_DEFAULT_WINDOW 128
 
-/* Returns the cache type a model gets in a run under params; is_ref tells whether it is the
- * run's reference. */
+/* Returns the cache type that a model gets in a run under params. is_ref is true for the run's
+ * reference. */
 zq_kv_type zq_eval_kv_type(const zq_model *model, bool is_ref, const zq_eval_params *params);
 
 /* The result of one model. */

@@ -358,7 +358,7 @@ static void requantize_queries(const zq_kernels *k, const float *q, size_t ldq, 
  * keys (rows d elements apart in the cache), of which row i uses the first pos0 + i + 1. An
  * f16 or int8 cache is first converted into buf [2][pos0 + rows][hd] (then the int8 path's
  * queries [rows][hd]), so that every cache type runs the same arithmetic as the decode path
- * (attend_single) afterwards, within float rounding. */
+ * (attend_one) afterwards, within float rounding. */
 static void attend_rows(const zq_kernels *k, const float *q, size_t ldq, const zq_kv *kv, int layer,
                         int pos0, int rows, int head, int hd, float *scores, float *buf, float *out,
                         size_t ldo)
@@ -537,9 +537,8 @@ static float *thread_scores(const zq_model *m, const zq_workspace *ws)
 /* Computes the attention of one row over positions 0..pos of its cache, all heads at once, so
  * every pass over the cache reads whole rows. Reading one head's 64-float slice of each row
  * instead ran at half the memory bandwidth. The positions are split into chunks of
- * ZQ_ATT_CHUNK, each scored, exponentiated against its own max and weighed in one pass (the
- * exponentials of a chunk are still in cache when its values are weighed), and the chunks are
- * then combined in chunk order. With n_threads > 1 the chunks, then the heads, are split over
+ * ZQ_ATT_CHUNK. Each chunk is scored, exponentiated against its own max and weighed in one
+ * pass, while its exponentials are still in cache. The chunks are then combined in order. With n_threads > 1 the chunks, then the heads, are split over
  * the threads, with one barrier between the two; the result is the same on any thread count.
  * q is the row's query [n_embd], out its output, scratch zq_single_attention_scratch() floats. */
 static void attend_one(const zq_model *m, const zq_kv *kv, int layer, int pos, const float *q,

@@ -53,9 +53,9 @@ typedef struct {
     void (*attn_values_f16)(const float *w, size_t ld, const uint16_t *values, int n, int heads,
                             int hd, float *out);
 
-    /* The same over an int8 cache, whose rows hold heads * hd values in [-127, 127] and
-     * scales[i * heads + h] per row i and head h; q is the query quantized per head the same
-     * way (q_scale[h]). attn_scores_q8 sets scores[h * ld + i] to
+    /* The same over an int8 cache. Its rows contain heads * hd values in [-127, 127], with
+     * scales[i * heads + h] per row i and head h, and q is the query quantized per head the
+     * same way (q_scale[h]). attn_scores_q8 sets scores[h * ld + i] to
      * ((float)dot_h * q_scale[h]) * k_scales[i * heads + h], the dot product exact in int32.
      * attn_values_q8 adds p * value_h[j] to out[h * hd + j] with one fused multiply-add
      * (fmaf), where p = w[h * ld + i] * v_scales[i * heads + h], row by row in order. Fused,

@@ -55,7 +55,7 @@ struct zq_model {
 
 /* KV cache of one sequence: per layer, keys and values [cap][n_embd] of f32, IEEE half or
  * int8 (type), grown on demand up to max positions so memory follows the context actually
- * used. An int8 cache also holds one scale per row and head, ks and vs [cap][n_head]: a row's
+ * used. An int8 cache also keeps one scale per row and head, ks and vs [cap][n_head]: a row's
  * head slice is quantized like an activation row (zq_kernels.quantize_row_s8). All of it lies
  * in one allocation, arena. */
 typedef struct {

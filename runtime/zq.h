@@ -195,8 +195,8 @@ int zq_context_size(const zq_context *ctx); /* n_ctx of this context */
 zq_kv_type zq_context_kv_type(const zq_context *ctx); /* never ZQ_KV_AUTO */
 /* Returns the cache type a context of this model gets when it requests the given one. */
 zq_kv_type zq_model_kv_type(const zq_model *model, zq_kv_type requested);
-/* Returns the bytes the cache of this model holds per position with the given type (auto
- * resolved as for a context): keys and values of every layer, with the scales of int8. */
+/* Returns the bytes that the cache of this model stores per position with the given type
+ * (auto resolved as for a context): keys and values of every layer, with the scales of int8. */
 size_t zq_model_kv_bytes_per_position(const zq_model *model, zq_kv_type type);
 
 /* Drops the cache entries at positions >= pos, so a prompt prefix can be reused. */

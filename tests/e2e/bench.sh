@@ -87,7 +87,7 @@ kv_mb() { grep -o '"kv_mb_per_token":[0-9.]*' "$1" | cut -d: -f2; }
 check model_kv_f16_half_of_f32 awk -v a="$(kv_mb "$tmp/kv16.json")" \
     -v b="$(kv_mb "$tmp/kv32.json")" \
     'BEGIN { d = a * 2 - b; exit !(a > 0 && d < 0.002 && d > -0.002) }'
-# An int8 cache (auto for int8 weights) holds a quarter of the f32 bytes plus one 4-byte scale
+# An int8 cache (auto for int8 weights) takes a quarter of the f32 bytes plus one 4-byte scale
 # per head of a row.
 check model_kv_int8_bytes awk -v a="$(kv_mb "$tmp/m1.json")" -v b="$(kv_mb "$tmp/kv32.json")" \
     'BEGIN { d = a - b / 4 * (1 + 4.0 / 64); exit !(a > 0 && d < 0.002 && d > -0.002) }'
