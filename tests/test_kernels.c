@@ -503,8 +503,9 @@ static void fill_scales(float *p, size_t n)
  * 64 and 32 take every vector path, 16 only NEON's scores, 12 none. */
 static void attn_q8_variant(const zq_kernels *k)
 {
-    static const int shapes[][3] = {{12, 64, 70}, {3, 32, 5}, {9, 64, 1}, {2, 16, 7},
-                                    {5, 12, 9},   {1, 64, 4}};
+    /* n = 70 and 17 leave rows after the kernels' blocks of 8; hd = 96 takes three steps. */
+    static const int shapes[][3] = {{12, 64, 70}, {3, 32, 5}, {9, 64, 1},  {2, 16, 7},
+                                    {5, 12, 9},   {1, 64, 4}, {4, 96, 17}, {3, 32, 16}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int heads = shapes[s][0], hd = shapes[s][1], n = shapes[s][2];
         const size_t d = (size_t)heads * hd, ld = (size_t)n + 3;
