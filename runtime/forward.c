@@ -270,10 +270,9 @@ VECTOR_CLONES static void weighted_sum(const float *p, const float *values, int 
     }
 }
 
-/* Returns the largest of x[0..n), -INFINITY for n = 0. Eight running maxima, so that the
- * compiler turns them into one vector: a single running maximum is a chain of n dependent
- * compares, which took half the time of the softmax of a 64-position chunk. The largest value
- * is the same in any order. */
+/* Returns the largest of x[0..n), or -INFINITY for n = 0. It keeps eight running maxima, which
+ * the compiler turns into one vector, because a single running maximum is a chain of n
+ * dependent compares. The largest value is the same in any order. */
 static inline __attribute__((always_inline)) float max_of(const float *x, int n)
 {
     float lanes[8];
@@ -555,7 +554,8 @@ static float *thread_scores(const zq_model *m, const zq_workspace *ws)
 #endif
 }
 
-/* Returns the chunk boundary nearest to position T * t / nt, for thread t of nt; T for t = nt. */
+/* Returns the first chunk of thread t of nt: the chunk boundary nearest to position
+ * T * t / nt, or chunks for t = nt. */
 static int chunk_boundary(int T, int chunks, int t, int nt)
 {
     if (t >= nt)
