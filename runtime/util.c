@@ -3,6 +3,7 @@
  */
 #include "internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,31 +15,64 @@
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define HUGE_PAGE_MIN_BYTES ((size_t)8 << 20)
 
+/* What zq_aligned_free needs to release a block: it sits in the ZQ_ALIGN bytes before the
+ * pointer that the allocation returned. */
+typedef struct {
+    void *base;    /* what malloc or mmap returned */
+    size_t mapped; /* bytes mapped with mmap; 0 for a malloc block */
+} block_header;
+
+_Static_assert(sizeof(block_header) <= ZQ_ALIGN, "the header must fit before the block");
+
+static void *with_header(void *base, unsigned char *ptr, size_t mapped)
+{
+    const block_header header = {base, mapped};
+    memcpy(ptr - ZQ_ALIGN, &header, sizeof header);
+    return ptr;
+}
+
 void *zq_huge_alloc(size_t size)
 {
     /* Streaming the weights once per token walks the page tables every 4 KB and misses the
-     * TLB beyond a few MB; 2 MiB pages cover a model's weights with a few dozen entries. With
-     * transparent huge pages off, madvise fails and 4 KB pages stay. */
-    void *ptr = NULL;
-    if (posix_memalign(&ptr, HUGE_PAGE_BYTES, ZQ_ALIGN_UP(size)) != 0)
+     * TLB beyond a few MB, and the hardware prefetchers stop at every 4 KB page. The block is
+     * mapped fresh rather than taken from malloc: malloc reuses freed memory, whose 4 KB
+     * pages are already in place (a KV cache that grew got none of the 2 MiB pages it asked
+     * for), while madvise only acts on pages not yet touched. With transparent huge pages off,
+     * madvise fails and 4 KB pages stay. The block is rounded up to whole 2 MiB pages, so
+     * that its last part gets one too. */
+    const size_t bytes = (size + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
+    const size_t mapped = (bytes ? bytes : HUGE_PAGE_BYTES) + HUGE_PAGE_BYTES;
+    unsigned char *base =
+        mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
         return NULL;
-    madvise(ptr, size / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES, MADV_HUGEPAGE);
-    return ptr;
+    /* The first 2 MiB boundary after room for the header. */
+    const uintptr_t first = (uintptr_t)base + ZQ_ALIGN + HUGE_PAGE_BYTES - 1;
+    unsigned char *ptr = (unsigned char *)(first & ~(HUGE_PAGE_BYTES - 1));
+    madvise(ptr, bytes, MADV_HUGEPAGE);
+    return with_header(base, ptr, mapped);
 }
 
 void *zq_aligned_alloc(size_t size)
 {
     if (size >= HUGE_PAGE_MIN_BYTES)
         return zq_huge_alloc(size);
-    void *ptr = NULL;
-    if (posix_memalign(&ptr, ZQ_ALIGN, size ? ZQ_ALIGN_UP(size) : ZQ_ALIGN) != 0)
+    void *base = NULL;
+    if (posix_memalign(&base, ZQ_ALIGN, ZQ_ALIGN + ZQ_ALIGN_UP(size ? size : 1)) != 0)
         return NULL;
-    return ptr;
+    return with_header(base, (unsigned char *)base + ZQ_ALIGN, 0);
 }
 
 void zq_aligned_free(void *ptr)
 {
-    free(ptr);
+    if (!ptr)
+        return;
+    block_header header;
+    memcpy(&header, (unsigned char *)ptr - ZQ_ALIGN, sizeof header);
+    if (header.mapped)
+        munmap(header.base, header.mapped);
+    else
+        free(header.base);
 }
 
 /* Counts distinct (physical id, core id) pairs in /proc/cpuinfo; falls back to the online CPU
