@@ -40,8 +40,9 @@ int zq_log_enabled(zq_log_level level);
 /* 64-byte aligned allocation (cache line and AVX-512 width); size 0 allocates 64 bytes.
  * Returns NULL on failure. Free with zq_aligned_free. */
 void *zq_aligned_alloc(size_t size);
-/* As zq_aligned_alloc, aligned to 2 MiB and backed by 2 MiB pages where the kernel allows;
- * zq_aligned_alloc does this from 8 MiB on. Free with zq_aligned_free. */
+/* As zq_aligned_alloc, but aligned to 2 MiB, rounded up to whole 2 MiB pages and mapped fresh,
+ * so that the kernel can back it with 2 MiB pages. zq_aligned_alloc does this from 8 MiB on.
+ * Free with zq_aligned_free. */
 void *zq_huge_alloc(size_t size);
 void zq_aligned_free(void *ptr);
 

@@ -15,8 +15,8 @@
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define HUGE_PAGE_MIN_BYTES ((size_t)8 << 20)
 
-/* What zq_aligned_free needs to release a block: it sits in the ZQ_ALIGN bytes before the
- * pointer that the allocation returned. */
+/* The record that zq_aligned_free needs to release a block, stored in the ZQ_ALIGN bytes
+ * before the pointer that the allocation returned. */
 typedef struct {
     void *base;    /* what malloc or mmap returned */
     size_t mapped; /* bytes mapped with mmap; 0 for a malloc block */
@@ -35,11 +35,12 @@ void *zq_huge_alloc(size_t size)
 {
     /* Streaming the weights once per token walks the page tables every 4 KB and misses the
      * TLB beyond a few MB, and the hardware prefetchers stop at every 4 KB page. The block is
-     * mapped fresh rather than taken from malloc: malloc reuses freed memory, whose 4 KB
-     * pages are already in place (a KV cache that grew got none of the 2 MiB pages it asked
-     * for), while madvise only acts on pages not yet touched. With transparent huge pages off,
-     * madvise fails and 4 KB pages stay. The block is rounded up to whole 2 MiB pages, so
-     * that its last part gets one too. */
+     * mapped fresh because madvise only acts on pages not yet touched. malloc reuses freed
+     * memory whose 4 KB pages are already in place, so a KV cache that grew got none of the
+     * 2 MiB pages it asked for. With transparent huge pages off, madvise fails and 4 KB pages
+     * stay. The block is rounded up to whole 2 MiB pages, so that its last part gets one. */
+    if (size > SIZE_MAX - 2 * HUGE_PAGE_BYTES)
+        return NULL;
     const size_t bytes = (size + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
     const size_t mapped = (bytes ? bytes : HUGE_PAGE_BYTES) + HUGE_PAGE_BYTES;
     unsigned char *base =
