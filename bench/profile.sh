@@ -1,6 +1,6 @@
 #!/bin/sh
-# Prints where the forward pass spends its time: matrix products, attention, layer norms,
-# GELU and the output head, for decode and for prefill.
+# Prints where the forward pass spends its time: matrix products (with the GELU and residual
+# adds they apply), attention, layer norms and the output head, for decode and for prefill.
 #
 # usage: bench/profile.sh [--cpu-time] MODEL.zq [zq bench model options]
 #   e.g. bench/profile.sh bench/out/gpt2-distil-synth-int8.zq --threads 2 --decode 64

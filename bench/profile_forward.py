@@ -16,14 +16,14 @@ import sys
 # (pattern of a statement line, step name); a step may match several lines.
 STEPS = [
     (r"layer_norm_rows\(", "layernorm"),
+    # The products of proj and fc2 include the residual adds, fc's the activation: zq_linear_post
+    # applies them as post-ops.
     (r"zq_linear\(k, &L->attn,", "matmul_qkv"),
-    (r"zq_linear\(k, &L->proj,", "matmul_proj"),
-    (r"zq_linear\(k, &L->fc,", "matmul_fc"),
-    (r"zq_linear\(k, &L->fc2,", "matmul_fc2"),
+    (r"zq_linear_post\(k, &L->proj,", "matmul_proj"),
+    (r"zq_linear_post\(k, &L->fc,", "matmul_fc"),
+    (r"zq_linear_post\(k, &L->fc2,", "matmul_fc2"),
     (r"store_kv\(", "attention"),
     (r"attention\(m, ws,", "attention"),
-    (r"activate_rows\(", "gelu"),
-    (r"add_rows\(", "residual"),
     (r"embed\(m, ids,", "embed"),
     (r"output_head\(m, ws,", "head"),
 ]

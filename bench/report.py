@@ -316,12 +316,12 @@ def kernel_tables(kernels):
 
 
 PROFILE_GROUPS = (
-    ("matrix products", ("matmul_qkv", "matmul_proj", "matmul_fc", "matmul_fc2")),
+    ("matrix products, with GELU and residual adds",
+     ("matmul_qkv", "matmul_proj", "matmul_fc", "matmul_fc2")),
     ("output head", ("head",)),
     ("attention", ("attention",)),
     ("layer norms", ("layernorm",)),
-    ("GELU", ("gelu",)),
-    ("residual adds, embedding", ("residual", "embed")),
+    ("embedding", ("embed",)),
 )
 
 

@@ -152,27 +152,23 @@ VECTOR_CLONES static void activate_span(zq_activation act, float *x, size_t coun
     }
 }
 
-/* Applies the activation in place; every element is computed alone, so the split over threads
- * does not change any result. */
-static void activate_rows(zq_activation act, float *x, size_t count, int n_threads)
+/* The residual post-op of the attention and MLP output products: adds features [n0, n1) of
+ * every row of y [M][ld] to the residual stream, user (x [M][ld]). */
+static void add_to_rows(float *y, size_t ld, int M, int n0, int n1, void *user)
 {
-    enum { CHUNK = 4096 };
-    const size_t chunks = (count + CHUNK - 1) / CHUNK;
-    if (chunks == 1) {
-        activate_span(act, x, count); /* no parallel region, as in layer_norm_rows */
-        return;
-    }
-#pragma omp parallel for num_threads(n_threads)
-    for (size_t c = 0; c < chunks; c++) {
-        const size_t begin = c * CHUNK;
-        activate_span(act, x + begin, count - begin < CHUNK ? count - begin : CHUNK);
-    }
+    float *x = user;
+    for (int r = 0; r < M; r++)
+        for (int i = n0; i < n1; i++)
+            x[(size_t)r * ld + i] += y[(size_t)r * ld + i];
 }
 
-static void add_rows(float *x, const float *y, size_t count)
+/* The activation post-op of the MLP's first product: applies *(zq_activation *)user to
+ * features [n0, n1) of every row of y [M][ld]. */
+static void activate_features(float *y, size_t ld, int M, int n0, int n1, void *user)
 {
-    for (size_t i = 0; i < count; i++)
-        x[i] += y[i];
+    const zq_activation act = *(const zq_activation *)user;
+    for (int r = 0; r < M; r++)
+        activate_span(act, y + (size_t)r * ld + n0, (size_t)(n1 - n0));
 }
 
 /* x[r] = wte[ids[r]] + wpe[pos[r]], dequantizing the embedding row. */
@@ -718,17 +714,17 @@ static void block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const 
     zq_linear(k, &L->attn, L->attn_b, ws->h, n, ws->qkv, &ws->lin, n_threads);
     store_kv(k, kvs, pos, ws->qkv, n, layer, d);
     attention(m, ws, kvs, pos, n, layer, n_threads);
-    zq_linear(k, &L->proj, L->proj_b, ws->att, n, ws->h, &ws->lin, n_threads);
-    add_rows(ws->x, ws->h, (size_t)n * d);
+    const zq_post_op residual = {add_to_rows, ws->x};
+    zq_linear_post(k, &L->proj, L->proj_b, ws->att, n, ws->h, &ws->lin, n_threads, &residual);
 
     /* MLP: x += fc2(act(fc(LN2(x)))) */
     layer_norm_rows(ws->x, L->ln2_g, L->ln2_b, n, d, eps, ws->h, n_threads);
     if (norm_fn)
         norm_fn(layer, 1, ws->h, n, d, hooks->norm_user);
-    zq_linear(k, &L->fc, L->fc_b, ws->h, n, ws->mlp, &ws->lin, n_threads);
-    activate_rows(m->hp.activation, ws->mlp, (size_t)n * m->hp.n_inner, n_threads);
-    zq_linear(k, &L->fc2, L->fc2_b, ws->mlp, n, ws->h, &ws->lin, n_threads);
-    add_rows(ws->x, ws->h, (size_t)n * d);
+    zq_activation act = m->hp.activation;
+    const zq_post_op activation = {activate_features, &act};
+    zq_linear_post(k, &L->fc, L->fc_b, ws->h, n, ws->mlp, &ws->lin, n_threads, &activation);
+    zq_linear_post(k, &L->fc2, L->fc2_b, ws->mlp, n, ws->h, &ws->lin, n_threads, &residual);
 }
 
 /* Runs the output head for the rows that want logits, ZQ_HEAD_ROWS rows per product. */

@@ -93,4 +93,16 @@ void zq_linear_scratch_free(zq_linear_scratch *s);
 void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const float *x, int M,
                float *y, zq_linear_scratch *s, int n_threads);
 
+/* A post-op of zq_linear_post: work on output features [n0, n1) of every row of y [M][ld]. */
+typedef struct {
+    void (*fn)(float *y, size_t ld, int M, int n0, int n1, void *user);
+    void *user;
+} zq_post_op;
+
+/* As zq_linear, then applies post (if not NULL) to every output feature once. Each thread
+ * applies it to the features it computed, right after computing them, which replaces a serial
+ * pass over y afterwards. */
+void zq_linear_post(const zq_kernels *k, const zq_weight *w, const float *bias, const float *x,
+                    int M, float *y, zq_linear_scratch *s, int n_threads, const zq_post_op *post);
+
 #endif /* ZQ_KERNELS_H */

@@ -24,6 +24,7 @@
 #define LINEAR_ROW_UNIT 16 /* granularity of the split of output rows across threads */
 #define LINEAR_NC 32       /* output features per int32 tile */
 #define LINEAR_MC 64       /* tokens per int32 tile */
+#define LINEAR_POST_SPAN 256 /* features per work item of a post-op after oneDNN */
 /* Below this many multiply-adds a linear runs on one thread: waking the others costs more. */
 #define LINEAR_MIN_PARALLEL_MACS 65536.0
 
@@ -82,7 +83,28 @@ typedef struct {
     zq_linear_scratch *s;
     bool quantized; /* the activations are already in s, quantized before the threads start */
     next_rows *next;
+    const zq_post_op *post; /* NULL for none */
 } linear_job;
+
+/* Applies the job's post-op, if any, to output features [n0, n1). */
+static void post_rows(const linear_job *job, int n0, int n1)
+{
+    if (job->post && n0 < n1)
+        job->post->fn(job->y, (size_t)job->N, job->M, n0, n1, job->post->user);
+}
+
+/* Applies the job's post-op, if any, to all of y, split over the threads by features. */
+static void post_all(const linear_job *job, int n_threads)
+{
+    if (!job->post)
+        return;
+    const int spans = (job->N + LINEAR_POST_SPAN - 1) / LINEAR_POST_SPAN;
+#pragma omp parallel for num_threads(zq_resolve_threads(n_threads)) if (job->M > 1)
+    for (int i = 0; i < spans; i++) {
+        const int n0 = i * LINEAR_POST_SPAN;
+        post_rows(job, n0, n0 + LINEAR_POST_SPAN < job->N ? n0 + LINEAR_POST_SPAN : job->N);
+    }
+}
 
 static void add_bias(const linear_job *job, int n0, int n1)
 {
@@ -226,6 +248,7 @@ static void linear_thread(const linear_job *job, int t, int nt)
             q8_rows(job, b, e);
         else
             float_rows(job, b, e);
+        post_rows(job, b, e);
     }
 }
 
@@ -269,9 +292,15 @@ static const zq_kernels *single_row_kernels(const zq_kernels *k)
 void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const float *x, int M,
                float *y, zq_linear_scratch *s, int n_threads)
 {
+    zq_linear_post(k, w, bias, x, M, y, s, n_threads, NULL);
+}
+
+void zq_linear_post(const zq_kernels *k, const zq_weight *w, const float *bias, const float *x,
+                    int M, float *y, zq_linear_scratch *s, int n_threads, const zq_post_op *post)
+{
     if (M <= 0 || w->rows <= 0)
         return;
-    linear_job job = {k, w, bias, x, y, M, w->rows, w->cols, s, false, NULL};
+    linear_job job = {k, w, bias, x, y, M, w->rows, w->cols, s, false, NULL, post};
     if (w->type == ZQ_TYPE_Q8 && M == 1)
         job.k = single_row_kernels(k);
     if (w->type != ZQ_TYPE_Q8) {
@@ -289,8 +318,10 @@ void zq_linear(const zq_kernels *k, const zq_weight *w, const float *bias, const
         job.x = x + (size_t)m0 * w->cols;
         job.y = y + (size_t)m0 * w->rows;
         if (zq_linear_uses_dnnl(w, job.M, n_threads) &&
-            zq_linear_dnnl(w, bias, job.x, job.M, job.y, s, n_threads))
+            zq_linear_dnnl(w, bias, job.x, job.M, job.y, s, n_threads)) {
+            post_all(&job, n_threads);
             continue;
+        }
         /* One row (decode) is quantized before the threads start: that costs a microsecond
          * and saves the barrier every thread would wait at. */
         job.quantized = job.M == 1;

@@ -586,6 +586,64 @@ static void test_linear_dnnl_choice(void)
     free_weights(&tg);
 }
 
+/* ---- post-ops ---------------------------------------------------------------------------- */
+
+/* A post-op that depends on the row and the feature: y[m][n] = y[m][n] * 0.5 + z[m][n], where
+ * user is z [M][ld]. A post-op given the wrong rows or features leaves different values. */
+static void halve_and_add(float *y, size_t ld, int M, int n0, int n1, void *user)
+{
+    const float *z = user;
+    for (int m = 0; m < M; m++)
+        for (int n = n0; n < n1; n++)
+            y[(size_t)m * ld + n] = y[(size_t)m * ld + n] * 0.5f + z[(size_t)m * ld + n];
+}
+
+/* zq_linear_post with a post-op on threads gives what zq_linear then the post-op over all of y
+ * gives, bit for bit. */
+static void check_post_op(const char *what, const zq_weight *w, const float *bias, int M,
+                          int threads, bool dnnl)
+{
+    float *x = random_floats((size_t)M * w->cols, 2.0f);
+    float *z = random_floats((size_t)M * w->rows, 1.0f);
+    float *want = run_linear(zq_kernels_best(), w, bias, x, M, M, 1);
+    halve_and_add(want, (size_t)w->rows, M, 0, w->rows, z);
+
+    float *got = zq_aligned_alloc((size_t)M * w->rows * sizeof *got);
+    zq_linear_scratch s;
+    CHECK(zq_linear_scratch_init(&s, M, w->cols) == ZQ_OK, "scratch: %s", zq_last_error());
+    const zq_post_op post = {halve_and_add, z};
+    zq_linear_set_dnnl(dnnl ? ZQ_DNNL_ON : ZQ_DNNL_OFF);
+    zq_linear_post(zq_kernels_best(), w, bias, x, M, got, &s, threads, &post);
+    zq_linear_set_dnnl(ZQ_DNNL_OFF);
+    CHECK(memcmp(got, want, (size_t)M * w->rows * sizeof *got) == 0,
+          "%s, M = %d, %d threads%s: post-op result differs", what, M, threads,
+          dnnl ? ", oneDNN" : "");
+    zq_linear_scratch_free(&s);
+    zq_aligned_free(x);
+    zq_aligned_free(z);
+    zq_aligned_free(want);
+    zq_aligned_free(got);
+}
+
+static void test_linear_post_op_every_feature_once(void)
+{
+    test_weights t;
+    make_weights(&t, 600, 96, 0, 0);
+    float *bias = random_floats(600, 0.5f);
+    static const int ms[] = {1, 3, 40};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        for (int threads = 1; threads <= 3; threads++) {
+            check_post_op("f32", &t.w_f32, bias, ms[i], threads, false);
+            check_post_op("f16", &t.w_f16, bias, ms[i], threads, false);
+            check_post_op("int8", &t.w_q8, bias, ms[i], threads, false);
+            if (zq_linear_dnnl_available())
+                check_post_op("int8", &t.w_q8, bias, ms[i], threads, true);
+        }
+    }
+    zq_aligned_free(bias);
+    free_weights(&t);
+}
+
 int main(void)
 {
     const char *env = getenv("ZQ_TEST_SEED");
@@ -610,5 +668,6 @@ int main(void)
     ZQ_RUN(test_linear_dnnl_matches_own_path);
     ZQ_RUN(test_linear_dnnl_threads_bit_identical);
     ZQ_RUN(test_linear_dnnl_choice);
+    ZQ_RUN(test_linear_post_op_every_feature_once);
     ZQ_CHECK_EXIT();
 }
