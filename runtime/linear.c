@@ -216,7 +216,7 @@ static void q8_rows(const linear_job *job, int n0, int n1)
  * (measured on a 2-core VM, where the two cores do not stream memory equally fast). */
 static bool claim_rows(const linear_job *job, int nt, int *begin, int *end)
 {
-    const int units = (job->N + LINEAR_ROW_UNIT - 1) / LINEAR_ROW_UNIT;
+    const int units = job->N / LINEAR_ROW_UNIT + (job->N % LINEAR_ROW_UNIT != 0);
     int first = atomic_load_explicit(&job->next->unit, memory_order_relaxed);
     int take;
     do {
@@ -226,8 +226,9 @@ static bool claim_rows(const linear_job *job, int nt, int *begin, int *end)
     } while (!atomic_compare_exchange_weak_explicit(&job->next->unit, &first, first + take,
                                                     memory_order_relaxed,
                                                     memory_order_relaxed));
-    *begin = first * LINEAR_ROW_UNIT;
-    *end = (first + take) * LINEAR_ROW_UNIT < job->N ? (first + take) * LINEAR_ROW_UNIT : job->N;
+    const long long stop = (long long)(first + take) * LINEAR_ROW_UNIT;
+    *begin = (int)((long long)first * LINEAR_ROW_UNIT);
+    *end = stop < job->N ? (int)stop : job->N;
     return true;
 }
 
