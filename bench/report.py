@@ -357,10 +357,11 @@ def targets_section(results):
              "this run. PyTorch's 2-thread record is the best of its OpenMP/OpenBLAS thread "
              "combinations.", "",
              "The bandwidth limit of the targets is the read bandwidth of the process that "
-             "decoded, measured by that process right after its timed runs, divided by the "
-             "weight bytes per token. On this machine the bandwidth changes from one process "
-             "to the next, with where the host runs its threads. The row after it uses the "
-             "best bandwidth of the whole run instead.", "",
+             "decoded, the best of the reads that process made after each of its timed runs, "
+             "divided by the weight bytes per token. On this machine the bandwidth changes "
+             "from one process to the next, and within a process, with where the host runs "
+             "its threads. The row after it uses the best bandwidth of the whole run "
+             "instead.", "",
              "| target | kernels | measured | goal | result |", "|---|---|---|---|---|"]
     for t in results["targets"]:
         verdict = "no data" if t["value"] is None else "–"

@@ -75,6 +75,9 @@ check model_tokens_same_across_threads test "$(tokens "$tmp/m1.json")" = "$(toke
 check model_name_option has_string "$tmp/m2.json" model tiny
 check model_kv_type_auto has_string "$tmp/m1.json" kv_type int8
 check model_bandwidth_read grep -q '"bandwidth_gb_s":[1-9]' "$tmp/m1.json"
+check model_bandwidth_per_run test "$(grep -o '"bandwidth_gb_s"' "$tmp/m1.json" | wc -l)" -eq 3
+check model_bandwidth_best_run jq -e '.bandwidth_gb_s == ([.runs[].bandwidth_gb_s] | max)' \
+    "$tmp/m1.json"
 "$ZQ" bench model --json --prompt-len 4 --decode 2 --repeats 1 --bandwidth-mb 0 >"$tmp/nobw.json"
 check model_bandwidth_skipped test -z "$(grep -o bandwidth_gb_s "$tmp/nobw.json")"
 "$ZQ" bench model --bandwidth-mb -1 2>"$tmp/err"
