@@ -19,10 +19,10 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-#define CMD "bench model"
-#define WARMUP_PROMPT 32
-#define WARMUP_DECODE 4
-#define MAX_REPEATS 100
+#define CMD              "bench model"
+#define WARMUP_PROMPT    32
+#define WARMUP_DECODE    4
+#define MAX_REPEATS      100
 #define BANDWIDTH_PASSES 4 /* passes of each read of the bandwidth, after each timed run */
 
 typedef struct {
@@ -34,7 +34,7 @@ typedef struct {
     int repeats;
     uint64_t seed;
     zq_kv_type kv_type;
-    long bandwidth_mb; /* read after each timed run; 0 = not measured */
+    long bandwidth_mb; /* MiB to read after each timed run, 0 for none */
     bool json;
 } model_options;
 
@@ -252,7 +252,7 @@ static double median(double *v, int n)
 typedef struct {
     double prefill_tok_s, decode_tok_s, ttft_ms;
     double peak_rss_mb, file_mb, load_s, weights_mb_per_token;
-    double bandwidth_gb_s; /* best read after the timed runs in this process; 0 = none */
+    double bandwidth_gb_s;        /* best rate read after the timed runs, 0 for none */
     double run_gb_s[MAX_REPEATS]; /* read right after each timed run */
     int prompt_len;
     bool clipped;

@@ -20,7 +20,7 @@
 #include <omp.h>
 #endif
 
-/* Marks a loop whose iterations are independent so that it is vectorized; with OpenMP off the
+/* Marks a loop whose iterations are independent so that it is vectorized. With OpenMP off the
  * compiler decides alone. */
 #ifdef ZQ_USE_OPENMP
 #define SIMD_LOOP _Pragma("omp simd")
@@ -88,7 +88,6 @@ static void layer_norm_rows(const float *x, const float *g, const float *b, int 
         layer_norm(x + (size_t)r * d, g, b, d, eps, out + (size_t)r * d);
 }
 
-
 /* Bit patterns of -87.3f and 88.3f, the range exp_fast clamps to. */
 #define EXP_MIN_BITS ((int32_t)0xc2ae999au)
 #define EXP_MAX_BITS ((int32_t)0x42b0999a)
@@ -152,8 +151,8 @@ VECTOR_CLONES static void activate_span(zq_activation act, float *x, size_t coun
     }
 }
 
-/* The residual post-op of the attention and MLP output products: adds features [n0, n1) of
- * every row of y [M][ld] to the residual stream, user (x [M][ld]). */
+/* Adds features [n0, n1) of every row of y [M][ld] to the residual stream x [M][ld] (user):
+ * the post-op of the attention and MLP output products. */
 static void add_to_rows(float *y, size_t ld, int M, int n0, int n1, void *user)
 {
     float *x = user;
@@ -162,8 +161,8 @@ static void add_to_rows(float *y, size_t ld, int M, int n0, int n1, void *user)
             x[(size_t)r * ld + i] += y[(size_t)r * ld + i];
 }
 
-/* The activation post-op of the MLP's first product: applies *(zq_activation *)user to
- * features [n0, n1) of every row of y [M][ld]. */
+/* Applies the activation *(zq_activation *)user to features [n0, n1) of every row of
+ * y [M][ld]: the post-op of the MLP's first product. */
 static void activate_features(float *y, size_t ld, int M, int n0, int n1, void *user)
 {
     const zq_activation act = *(const zq_activation *)user;
@@ -563,8 +562,8 @@ static int chunk_boundary(int T, int chunks, int t, int nt)
 
 /* Sets [*c0, *c1) to the chunks of the calling thread: contiguous, so that each thread reads
  * one stretch of the cache, and cut where the positions split evenly. An even split of the
- * chunks instead gave the first thread a quarter more positions than the second on average,
- * the last chunk being partial. */
+ * chunks gave the first thread a quarter more positions on average, because the last chunk is
+ * partial. */
 static void thread_chunks(int T, int chunks, int *c0, int *c1)
 {
 #ifdef ZQ_USE_OPENMP
@@ -582,7 +581,7 @@ static void thread_chunks(int T, int chunks, int *c0, int *c1)
  * ZQ_ATT_CHUNK. Each chunk is scored, exponentiated against its own max and weighed in one
  * pass, while its exponentials are still in cache. The chunks are then combined in order.
  * With n_threads > 1 the chunks, then the heads, are split over the threads, with one barrier
- * between the two; the result is the same on any thread count.
+ * between the two. The result is the same on any thread count.
  * q is the row's query [n_embd], out its output, scratch zq_single_attention_scratch() floats. */
 static void attend_one(const zq_model *m, const zq_kv *kv, int layer, int pos, const float *q,
                        float *out, float *scratch, int n_threads)

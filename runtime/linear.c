@@ -21,9 +21,9 @@
 #define OMP_BARRIER
 #endif
 
-#define LINEAR_ROW_UNIT 16 /* granularity of the split of output rows across threads */
-#define LINEAR_NC 32       /* output features per int32 tile */
-#define LINEAR_MC 64       /* tokens per int32 tile */
+#define LINEAR_ROW_UNIT  16  /* granularity of the split of output rows across threads */
+#define LINEAR_NC        32  /* output features per int32 tile */
+#define LINEAR_MC        64  /* tokens per int32 tile */
 #define LINEAR_POST_SPAN 256 /* features per work item of a post-op after oneDNN */
 /* Below this many multiply-adds a linear runs on one thread: waking the others costs more. */
 #define LINEAR_MIN_PARALLEL_MACS 65536.0
@@ -66,11 +66,16 @@ static void thread_range(int count, int unit, int t, int nt, int *begin, int *en
 }
 
 /* The next unit of output rows that no thread has claimed yet, alone on its cache line so that
- * claiming does not slow the reads of the job. */
+ * claiming does not slow the reads of the job (the alignment pads the struct to 64 bytes). */
 typedef struct {
     _Alignas(64) atomic_int unit;
-    char pad[64 - sizeof(atomic_int)];
 } next_rows;
+
+/* Returns the number of LINEAR_ROW_UNIT units that cover n output rows. */
+static int row_units(int n)
+{
+    return n / LINEAR_ROW_UNIT + (n % LINEAR_ROW_UNIT != 0);
+}
 
 /* The work that every thread of one zq_linear call shares. */
 typedef struct {
@@ -216,7 +221,7 @@ static void q8_rows(const linear_job *job, int n0, int n1)
  * (measured on a 2-core VM, where the two cores do not stream memory equally fast). */
 static bool claim_rows(const linear_job *job, int nt, int *begin, int *end)
 {
-    const int units = job->N / LINEAR_ROW_UNIT + (job->N % LINEAR_ROW_UNIT != 0);
+    const int units = row_units(job->N);
     int first = atomic_load_explicit(&job->next->unit, memory_order_relaxed);
     int take;
     do {
@@ -224,8 +229,7 @@ static bool claim_rows(const linear_job *job, int nt, int *begin, int *end)
             return false;
         take = (units - first + nt - 1) / nt;
     } while (!atomic_compare_exchange_weak_explicit(&job->next->unit, &first, first + take,
-                                                    memory_order_relaxed,
-                                                    memory_order_relaxed));
+                                                    memory_order_relaxed, memory_order_relaxed));
     const long long stop = (long long)(first + take) * LINEAR_ROW_UNIT;
     *begin = (int)((long long)first * LINEAR_ROW_UNIT);
     *end = stop < job->N ? (int)stop : job->N;
@@ -256,7 +260,7 @@ static void linear_thread(const linear_job *job, int t, int nt)
 static void linear_run(linear_job *job, int n_threads)
 {
     const double macs = (double)job->M * job->N * job->K;
-    const int units = (job->N + LINEAR_ROW_UNIT - 1) / LINEAR_ROW_UNIT;
+    const int units = row_units(job->N);
     int threads = macs < LINEAR_MIN_PARALLEL_MACS ? 1 : zq_resolve_threads(n_threads);
     if (threads > units)
         threads = units;
