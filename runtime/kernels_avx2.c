@@ -3,17 +3,19 @@
  * when CPUID and XCR0 report all three).
  *
  * int8: AVX2 has no int8 dot product that is exact for two signed 8-bit operands, because
- * vpmaddubsw takes unsigned x signed bytes and saturates its int16 pair sums. The sign trick keeps it exact:
- * vpsignb moves the sign of a onto w, so vpmaddubsw multiplies |a| (unsigned) by sign(a) * w,
- * and with both operands in [-127, 127] each pair sum is at most 2 * 127 * 127 = 32258 < 32767.
- * vpmaddwd against ones then widens the pairs to int32 without loss.
+ * vpmaddubsw takes unsigned x signed bytes and saturates its int16 pair sums. The sign trick
+ * keeps it exact: vpsignb moves the sign of a onto w, so vpmaddubsw multiplies |a| (unsigned)
+ * by sign(a) * w, and with both operands in [-127, 127] each pair sum is at most
+ * 2 * 127 * 127 = 32258 < 32767. vpmaddwd against ones then widens the pairs to int32 without
+ * loss.
  *
  * Blocking (zq_gemm_tiled): W is walked in blocks of GEMM_NB rows, and within a block A in
  * panels of up to 4 rows, with register tiles of mr x nr dot products (4x2, 3x2, 2x4, 1x8) so
  * that each loaded vector of A or W is used several times. For M = 1 (decode) this streams 8
- * weight rows at once; for large M the W block stays in cache while all panels of A pass over
- * it. Every element is reduced in the same order whatever tile it falls in, so a float result
- * does not depend on M, N or how a caller splits the matrix.
+ * weight rows at once (one after another when they are long, see s8_tile_rows); for large M
+ * the W block stays in cache while all panels of A pass over it. Every element is reduced in
+ * the same order whatever tile it falls in, so a float result does not depend on M, N or how a
+ * caller splits the matrix.
  */
 #include "internal.h"
 #include "kernels_impl.h"
@@ -169,7 +171,7 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
 
 /* One instance per tile shape, so that mr and nr are constants and the accumulators stay in
  * registers: at most 8 of the 16 YMM registers hold accumulators. */
-#define DEFINE_TILES(name, body)                                                                   \
+#define DEFINE_TILE_FNS(name, body)                                                                \
     static void name##_1(const void *const *a, const void *const *w, int K, void *out)             \
     {                                                                                              \
         body(1, 8, a, w, K, out);                                                                  \
@@ -185,9 +187,12 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
     static void name##_4(const void *const *a, const void *const *w, int K, void *out)             \
     {                                                                                              \
         body(4, 2, a, w, K, out);                                                                  \
-    }                                                                                              \
+    }
+
+/* The tile set of the four functions above, with first as the one-row tile. */
+#define TILE_SET(name, first)                                                                      \
     static const zq_tile_set name = {                                                              \
-        .tile = {NULL, name##_1, name##_2, name##_3, name##_4},                                    \
+        .tile = {NULL, first, name##_2, name##_3, name##_4},                                       \
         .nr = {0, 8, 4, 2, 2},                                                                     \
         .nb = GEMM_NB,                                                                             \
     };
@@ -195,9 +200,42 @@ static ALWAYS_INLINE void float_tile(int mr, int nr, int f16, const void *const 
 #define F32_TILE(mr, nr, a, w, K, out) float_tile(mr, nr, 0, a, w, K, out)
 #define F16_TILE(mr, nr, a, w, K, out) float_tile(mr, nr, 1, a, w, K, out)
 
-DEFINE_TILES(s8_tiles, s8_tile)
-DEFINE_TILES(f32_tiles, F32_TILE)
-DEFINE_TILES(f16_tiles, F16_TILE)
+DEFINE_TILE_FNS(s8_tiles, s8_tile)
+
+/* From this row length on, the one-row int8 tile reads its eight weight rows one after another
+ * instead of side by side. */
+#define S8_ROW_BY_ROW_MIN_K 2048
+
+/* One row of A against eight rows of W, each row of W whole before the next, without software
+ * prefetch: the eight rows then come from memory as one sequential stream. On a 2-vCPU AMD
+ * EPYC this made the 768 x 3072 decode product 8% faster, and the 768-wide ones 4-13% slower
+ * than reading the rows side by side, hence the threshold. */
+static void s8_tile_rows(const void *const *av, const void *const *wv, int K, void *out)
+{
+    if (K < S8_ROW_BY_ROW_MIN_K) {
+        s8_tiles_1(av, wv, K, out);
+        return;
+    }
+    const int8_t *const *a = (const int8_t *const *)av;
+    const int8_t *const *w = (const int8_t *const *)wv;
+    __m256i row_acc[8];
+    for (int j = 0; j < 8; j++) {
+        __m256i acc[TILE_MR_MAX][TILE_NR_MAX] = {{_mm256_setzero_si256()}};
+        int k = 0;
+        for (; k + 32 <= K; k += 32)
+            s8_step(1, 1, a, w + j, (size_t)k, acc);
+        if (k < K)
+            s8_tail(1, 1, a, w + j, k, K, acc);
+        row_acc[j] = acc[0][0];
+    }
+    _mm256_storeu_si256((__m256i *)out, hsum8_epi32_ymm(row_acc));
+}
+
+TILE_SET(s8_tiles, s8_tile_rows)
+DEFINE_TILE_FNS(f32_tiles, F32_TILE)
+TILE_SET(f32_tiles, f32_tiles_1)
+DEFINE_TILE_FNS(f16_tiles, F16_TILE)
+TILE_SET(f16_tiles, f16_tiles_1)
 
 static void gemm_s8_avx2(int M, int N, int K, const int8_t *A, size_t lda, const int8_t *W,
                          size_t ldw, int32_t *C, size_t ldc)

@@ -97,12 +97,16 @@ static void gemm_s8_random_variant(const zq_kernels *k)
 {
     static const int ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 64};
     static const int ns[] = {1, 3, 7, 9, 17, 33, 67};
-    int ks[69];
+    int ks[71];
     int n_ks = 0;
     for (int K = 1; K <= 67; K++)
         ks[n_ks++] = K;
     ks[n_ks++] = 768;
     ks[n_ks++] = 3072;
+    /* Either side of the row length from which the AVX2 one-row tile reads rows one by one,
+     * with a tail after the last 32 bytes. */
+    ks[n_ks++] = 2047;
+    ks[n_ks++] = 2065;
 
     const size_t max_k = 3072 + 5, max_m = 64, max_n = 67;
     int8_t *A = malloc(max_m * max_k), *W = malloc(max_n * max_k);

@@ -642,6 +642,18 @@ static void test_linear_post_op_every_feature_once(void)
     }
     zq_aligned_free(bias);
     free_weights(&t);
+
+    /* A tall matrix: each thread's share takes several claims, and threads that finish first
+     * take halves of the others' shares, down to single units of 16 rows. */
+    test_weights tall;
+    make_weights(&tall, 5000, 32, 0, 0);
+    bias = random_floats(5000, 0.5f);
+    for (int threads = 2; threads <= 5; threads++) {
+        check_post_op("tall int8", &tall.w_q8, bias, 1, threads, false);
+        check_post_op("tall f32", &tall.w_f32, bias, 2, threads, false);
+    }
+    zq_aligned_free(bias);
+    free_weights(&tall);
 }
 
 int main(void)
