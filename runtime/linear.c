@@ -25,8 +25,7 @@
 #define LINEAR_NC        32  /* output features per int32 tile */
 #define LINEAR_MC        64  /* tokens per int32 tile */
 #define LINEAR_POST_SPAN 256 /* features per work item of a post-op after oneDNN */
-#define LINEAR_CLAIM       64  /* units a thread takes at a time from the front of its span */
-#define LINEAR_MAX_THREADS 64  /* a product uses at most this many threads */
+#define LINEAR_CLAIM     64  /* units a thread takes at a time from the front of its span */
 /* Below this many multiply-adds a linear runs on one thread: waking the others costs more. */
 #define LINEAR_MIN_PARALLEL_MACS 65536.0
 
@@ -49,6 +48,12 @@ zq_status zq_linear_scratch_init(zq_linear_scratch *s, int max_m, int max_k)
     return ZQ_OK;
 }
 
+zq_linear_scratch zq_linear_scratch_row(const zq_linear_scratch *s, int r)
+{
+    const zq_linear_scratch row = {s->q + (size_t)r * s->max_k, s->scales + r, 1, s->max_k};
+    return row;
+}
+
 void zq_linear_scratch_free(zq_linear_scratch *s)
 {
     if (!s)
@@ -66,13 +71,6 @@ static void thread_range(int count, int unit, int t, int nt, int *begin, int *en
     *begin = (int)(b < count ? b : count);
     *end = (int)(e < count ? e : count);
 }
-
-/* A stretch [front, back) of LINEAR_ROW_UNIT units of output rows, packed into one word (front
- * in the low 32 bits) so that one compare-and-swap moves either end. Each sits alone on its
- * cache line, so that claiming does not slow the reads of the job. */
-typedef struct {
-    _Alignas(64) _Atomic unsigned long long ends;
-} row_span;
 
 static unsigned long long span_pack(unsigned front, unsigned back)
 {
@@ -95,7 +93,7 @@ typedef struct {
     int M, N, K;
     zq_linear_scratch *s;
     bool quantized; /* the activations are already in s, quantized before the threads start */
-    row_span *spans; /* one per thread */
+    zq_row_span *spans; /* one per thread that claims rows */
     int n_spans;
     const zq_post_op *post; /* NULL for none */
 } linear_job;
@@ -223,9 +221,26 @@ static void q8_rows(const linear_job *job, int n0, int n1)
     }
 }
 
+/* Gives each of up to threads spans an even share of the units of rows output rows; returns
+ * how many spans it filled (fewer when there are fewer units than threads). */
+static int fill_spans(zq_row_span *spans, int rows, int threads)
+{
+    const int units = row_units(rows);
+    int n = threads < units ? threads : units;
+    if (n > ZQ_LINEAR_MAX_THREADS)
+        n = ZQ_LINEAR_MAX_THREADS;
+    for (int i = 0; i < n; i++) {
+        int b, e;
+        thread_range(units, 1, i, n, &b, &e);
+        atomic_store_explicit(&spans[i].ends, span_pack((unsigned)b, (unsigned)e),
+                              memory_order_relaxed);
+    }
+    return n;
+}
+
 /* Takes up to LINEAR_CLAIM units from the front of span sp into [*u0, *u1); false if it is
  * empty. */
-static bool take_front(row_span *sp, unsigned *u0, unsigned *u1)
+static bool take_front(zq_row_span *sp, unsigned *u0, unsigned *u1)
 {
     unsigned long long v = atomic_load_explicit(&sp->ends, memory_order_relaxed);
     for (;;) {
@@ -285,6 +300,8 @@ static bool steal_half(const linear_job *job, int self)
  * interleaved the threads' rows and made decode 10% slower. */
 static bool claim_rows(const linear_job *job, int t, int *begin, int *end)
 {
+    if (t >= job->n_spans)
+        return false; /* more threads than units of rows */
     unsigned u0, u1;
     while (!take_front(&job->spans[t], &u0, &u1))
         if (!steal_half(job, t))
@@ -323,19 +340,14 @@ static void linear_run(linear_job *job, int n_threads)
     int threads = macs < LINEAR_MIN_PARALLEL_MACS ? 1 : zq_resolve_threads(n_threads);
     if (threads > units)
         threads = units;
-    if (threads > LINEAR_MAX_THREADS)
-        threads = LINEAR_MAX_THREADS;
+    if (threads > ZQ_LINEAR_MAX_THREADS)
+        threads = ZQ_LINEAR_MAX_THREADS;
 #ifndef ZQ_USE_OPENMP
     threads = 1;
 #endif
-    row_span spans[LINEAR_MAX_THREADS];
+    zq_row_span spans[ZQ_LINEAR_MAX_THREADS];
     job->spans = spans;
-    job->n_spans = threads;
-    for (int i = 0; i < job->n_spans; i++) {
-        int b, e;
-        thread_range(units, 1, i, job->n_spans, &b, &e);
-        atomic_init(&spans[i].ends, span_pack((unsigned)b, (unsigned)e));
-    }
+    job->n_spans = fill_spans(spans, job->N, threads);
 #ifdef ZQ_USE_OPENMP
     if (threads <= 1) {
         /* Without a parallel region: even one that its if clause makes serial costs
@@ -403,3 +415,39 @@ void zq_linear_post(const zq_kernels *k, const zq_weight *w, const float *bias, 
         linear_run(&job, n_threads);
     }
 }
+
+void zq_linear_team_init(zq_linear_team *team, int step, int rows, int threads)
+{
+    team->n_spans[step & 1] = fill_spans(team->spans[step & 1], rows, threads);
+}
+
+#ifdef ZQ_USE_OPENMP
+void zq_linear_team_run(zq_linear_team *team, int step, const zq_kernels *k, const zq_weight *w,
+                        const float *bias, const float *x, float *y, zq_linear_scratch *own,
+                        const zq_post_op *post, int next_rows)
+{
+    linear_job job = {.k = k,
+                      .w = w,
+                      .bias = bias,
+                      .x = x,
+                      .y = y,
+                      .M = 1,
+                      .N = w->rows,
+                      .K = w->cols,
+                      .s = own,
+                      .spans = team->spans[step & 1],
+                      .n_spans = team->n_spans[step & 1],
+                      .post = post};
+    if (w->type == ZQ_TYPE_Q8) {
+        job.k = single_row_kernels(k);
+        job.k->quantize_row_s8(x, w->cols, own->q, &own->scales[0]);
+        job.quantized = true;
+    }
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    linear_thread(&job, t, nt);
+    /* The other set of spans is free: every thread passed the barrier after step - 1. */
+    if (t == 0 && next_rows > 0)
+        zq_linear_team_init(team, step + 1, next_rows, nt);
+    OMP_BARRIER
+}
+#endif

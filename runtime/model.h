@@ -114,6 +114,10 @@ typedef struct {
     float *head_in;  /* [ZQ_HEAD_ROWS][n_embd] rows gathered for the output head */
     float *head_out; /* [ZQ_HEAD_ROWS][n_vocab] */
     zq_linear_scratch lin;
+    /* Per thread of a decode team (zq_forward of one row): its own layer-norm output [n_embd]
+     * and one row of quantized activations. */
+    float *row_h;
+    zq_linear_scratch row_q;
 } zq_workspace;
 
 #define ZQ_HEAD_ROWS 16

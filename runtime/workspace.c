@@ -178,11 +178,14 @@ zq_status zq_workspace_init(zq_workspace *ws, const zq_hparams *hp, int max_rows
     ws->kv_rows = alloc_floats(zq_kv_row_scratch(hp) * (size_t)ws->score_threads, &st);
     ws->head_in = alloc_floats(ZQ_HEAD_ROWS * d, &st);
     ws->head_out = alloc_floats((size_t)ZQ_HEAD_ROWS * (size_t)hp->n_vocab, &st);
+    ws->row_h = alloc_floats((size_t)ws->score_threads * d, &st);
+    const int max_k = hp->n_inner > hp->n_embd ? hp->n_inner : hp->n_embd;
     if (st == ZQ_OK) {
         const int max_m = max_rows > ZQ_HEAD_ROWS ? max_rows : ZQ_HEAD_ROWS;
-        const int max_k = hp->n_inner > hp->n_embd ? hp->n_inner : hp->n_embd;
         st = zq_linear_scratch_init(&ws->lin, max_m, max_k);
     }
+    if (st == ZQ_OK)
+        st = zq_linear_scratch_init(&ws->row_q, ws->score_threads, max_k);
     if (st != ZQ_OK) {
         zq_workspace_free(ws);
         return zq_fail(ZQ_ERR_NOMEM, "workspace: out of memory for %d rows", max_rows);
@@ -202,5 +205,7 @@ void zq_workspace_free(zq_workspace *ws)
     zq_aligned_free(ws->head_in);
     zq_aligned_free(ws->head_out);
     zq_linear_scratch_free(&ws->lin);
+    zq_aligned_free(ws->row_h);
+    zq_linear_scratch_free(&ws->row_q);
     memset(ws, 0, sizeof *ws);
 }

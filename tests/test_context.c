@@ -97,33 +97,38 @@ static void fill_ids(int32_t *ids, int n)
 }
 
 /* Greedy decoding of 24 tokens one at a time (the single-token kernels and attention path) must
- * give bit-identical logits on 1 and 2 threads at every step, with an f16 and an int8 cache.
- * The 100-token prompt puts the steps past the first chunk of ZQ_ATT_CHUNK (64) positions, so
- * the threads split the chunks. */
+ * give bit-identical logits on 1, 2 and 3 threads at every step, with int8 and f32 weights and
+ * each cache type. On more than one thread a decoded token runs on one team for the whole pass
+ * (forward_one_team). The 100-token prompt puts the steps past the first chunk of ZQ_ATT_CHUNK
+ * (64) positions, so the threads split the chunks. */
 static void threads_give_identical_decode(void)
 {
-    static const zq_kv_type kv_types[] = {ZQ_KV_F16, ZQ_KV_Q8};
+    static const zq_kv_type kv_types[] = {ZQ_KV_F32, ZQ_KV_F16, ZQ_KV_Q8};
     int32_t ids[100];
     fill_ids(ids, 100);
-    for (int t = 0; t < 2; t++) {
-        zq_context *one = new_context_kv(model, 1, 0, kv_types[t]);
-        zq_context *two = new_context_kv(model, 2, 0, kv_types[t]);
-        zq_context_eval(one, ids, 100, NULL);
-        zq_context_eval(two, ids, 100, NULL);
-        for (int step = 0; step < 24; step++) {
-            const float *a = zq_context_logits(one);
-            const float *b = zq_context_logits(two);
-            CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0,
-                  "%s cache, step %d: max diff %g", zq_kv_type_name(kv_types[t]), step,
-                  max_diff(a, b));
-            int32_t next = 0;
-            for (int i = 1; i < vocab; i++)
-                next = a[i] > a[next] ? i : next;
-            CHECK(zq_context_eval(one, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
-            CHECK(zq_context_eval(two, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+    for (int i = 0; i < 6; i++) {
+        zq_model *m = i < 3 ? model : model_f32;
+        const zq_kv_type kv = kv_types[i % 3];
+        for (int threads = 2; threads <= 3; threads++) {
+            zq_context *one = new_context_kv(m, 1, 0, kv);
+            zq_context *many = new_context_kv(m, threads, 0, kv);
+            zq_context_eval(one, ids, 100, NULL);
+            zq_context_eval(many, ids, 100, NULL);
+            for (int step = 0; step < 24; step++) {
+                const float *a = zq_context_logits(one);
+                const float *b = zq_context_logits(many);
+                CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0,
+                      "%s weights, %s cache, %d threads, step %d: max diff %g",
+                      i < 3 ? "int8" : "f32", zq_kv_type_name(kv), threads, step, max_diff(a, b));
+                int32_t next = 0;
+                for (int j = 1; j < vocab; j++)
+                    next = a[j] > a[next] ? j : next;
+                CHECK(zq_context_eval(one, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+                CHECK(zq_context_eval(many, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+            }
+            zq_context_free(one);
+            zq_context_free(many);
         }
-        zq_context_free(one);
-        zq_context_free(two);
     }
 }
 
