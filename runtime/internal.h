@@ -63,4 +63,24 @@ float zq_f16_to_f32(uint16_t h);
 uint16_t zq_f32_to_f16(float f);
 float zq_bf16_to_f32(uint16_t h);
 
+/* Marks a loop whose iterations are independent so that it is vectorized. With OpenMP off the
+ * compiler decides alone. */
+#ifdef ZQ_USE_OPENMP
+#define SIMD_LOOP _Pragma("omp simd")
+#else
+#define SIMD_LOOP
+#endif
+
+/* Compiles a function a second time for AVX2 and picks the copy when the program loads, from
+ * the CPU. The AVX2 copy is built without FMA, so both copies round every operation alike and
+ * give the same results on every CPU. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef VECTOR_CLONES
+#define VECTOR_CLONES
+#endif
+
 #endif /* ZQ_INTERNAL_H */

@@ -146,6 +146,22 @@ static void float_rows(const linear_job *job, int n0, int n1)
 
 /* ---- int8 weights (W8A8) ----------------------------------------------------------------- */
 
+/* row[n] = acc[n] * w_scale[n] * x_scale + bias[n] for n < nc, rounded in that order; bias may
+ * be NULL. Vectorized: one scalar pass took 3% of a decoded token's time on two threads. */
+VECTOR_CLONES static void scale_row(const int32_t *acc, const float *w_scale, float x_scale,
+                                    const float *bias, int nc, float *row)
+{
+    if (bias) {
+        SIMD_LOOP
+        for (int n = 0; n < nc; n++)
+            row[n] = (float)acc[n] * w_scale[n] * x_scale + bias[n];
+    } else {
+        SIMD_LOOP
+        for (int n = 0; n < nc; n++)
+            row[n] = (float)acc[n] * w_scale[n] * x_scale;
+    }
+}
+
 /* y rows [m0, m0 + mc) x features [n0, n0 + nc) from one scale per weight row:
  * y = acc * w_scale[n] * x_scale[m] + bias[n], in that order. The int32 tile is mc rows of ldc,
  * and mc * ldc must not exceed LINEAR_MC * LINEAR_NC. */
@@ -157,15 +173,10 @@ static void q8_tile_row_scales(const linear_job *job, int m0, int mc, int n0, in
     job->k->gemm_s8(mc, nc, job->K, job->s->q + (size_t)m0 * K, K, W, K, acc, (size_t)ldc);
 
     const float *w_scale = job->w->scales + n0;
-    for (int m = 0; m < mc; m++) {
-        const float x_scale = job->s->scales[m0 + m];
-        float *row = job->y + (size_t)(m0 + m) * job->N + n0;
-        for (int n = 0; n < nc; n++)
-            row[n] = (float)acc[m * ldc + n] * w_scale[n] * x_scale;
-        if (job->bias)
-            for (int n = 0; n < nc; n++)
-                row[n] += job->bias[n0 + n];
-    }
+    const float *bias = job->bias ? job->bias + n0 : NULL;
+    for (int m = 0; m < mc; m++)
+        scale_row(acc + (size_t)m * ldc, w_scale, job->s->scales[m0 + m], bias, nc,
+                  job->y + (size_t)(m0 + m) * job->N + n0);
 }
 
 /* As q8_tile_row_scales with one scale per group of columns: the int32 sum of each group is
