@@ -4,11 +4,14 @@ Usage: profile_forward.py SRC_FORWARD_C OUT_C
 
 Each step statement of block(), zq_forward() and the output head call is wrapped in a timer,
 and the totals are printed to stderr when the program exits, separately for forward calls of
-one token (decode) and of several (prefill). The clock is CLOCK_MONOTONIC (wall time). When
-the copy is compiled with -DPROFILE_THREAD_CPU_TIME it is the calling thread's CPU time, which
-on a shared machine leaves out the time other processes hold the core. That clock suits
-1-thread runs only, because it does not count the other threads' work. bench/profile.sh
-builds and runs the copy.
+one token (decode) and of several (prefill). A decoded token on several threads runs on one
+team (block_team and forward_one_team): there thread 0 gives each step the time since the end
+of the step before, so a step includes the wait for the other threads at its end, and the
+attention includes the cache writes that one thread makes before it. The clock is
+CLOCK_MONOTONIC (wall time). When the copy is compiled with -DPROFILE_THREAD_CPU_TIME it is
+the calling thread's CPU time, which on a shared machine leaves out the time other processes
+hold the core. That clock suits 1-thread runs only, because it does not count the other
+threads' work. bench/profile.sh builds and runs the copy.
 """
 import re
 import sys
@@ -27,6 +30,18 @@ STEPS = [
     (r"embed\(m, ids,", "embed"),
     (r"output_head\(m, ws,", "head"),
 ]
+
+# Steps of the one-team decode path, timed by thread 0 from the end of the step before.
+TEAM_STEPS = [
+    (r"layer_norm\(ws->x,", "layernorm"),
+    (r"zq_linear_team_run\(team, step\+\+, k, &L->attn,", "matmul_qkv"),
+    (r"attend_one_team\(", "attention"),
+    (r"zq_linear_team_run\(team, step\+\+, k, &L->proj,", "matmul_proj"),
+    (r"zq_linear_team_run\(team, step\+\+, k, &L->fc,", "matmul_fc"),
+    (r"zq_linear_team_run\(team, step\+\+, k, &L->fc2,", "matmul_fc2"),
+    (r"zq_linear_team_run\(&team, step, m->kernels, &m->head,", "head"),
+]
+TEAM_FUNCTION = re.compile(r"static \w+ (block_team|forward_one_team)\(")
 
 RUNTIME = r'''
 #include <stdio.h>
@@ -54,6 +69,17 @@ static void profile_add(int step, int n, double seconds)
     profile_seconds[n > 1][step] += seconds;
 }
 
+/* The end of the last timed step (thread 0), where the next step of the one-team decode path
+ * starts. */
+static double profile_last;
+
+static void profile_mark(int step)
+{
+    const double now = profile_now();
+    profile_seconds[0][step] += now - profile_last;
+    profile_last = now;
+}
+
 __attribute__((destructor)) static void profile_print(void)
 {
     for (int p = 0; p < 2; p++) {
@@ -73,24 +99,49 @@ __attribute__((destructor)) static void profile_print(void)
 '''
 
 
+def wrap_team_step(lines, start, step):
+    """Appends a thread-0 mark to the statement that starts at lines[start]."""
+    end = start
+    while not lines[end].rstrip().endswith(";"):
+        end += 1
+    indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
+    lines[start] = indent + "{ " + lines[start].lstrip()
+    lines[end] = (lines[end].rstrip() + f" if (omp_get_thread_num() == 0) profile_mark({step}); }}")
+    return end
+
+
 def instrument(src):
     names = list(dict.fromkeys(name for _, name in STEPS))
     found = set()
-    lines = []
-
-    for line in src.split("\n"):
+    lines = src.split("\n")
+    in_team = False
+    i = 0
+    while i < len(lines):
+        line = lines[i]
         stripped = line.strip()
-        for pattern, name in STEPS:
-            if re.match(pattern, stripped) and stripped.endswith(";"):
+        if TEAM_FUNCTION.match(line):
+            in_team = True
+        elif line == "}":
+            in_team = False
+        steps = TEAM_STEPS if in_team else STEPS
+        for pattern, name in steps:
+            if not re.match(pattern, stripped):
+                continue
+            step = "PROFILE_" + name.upper()
+            if in_team:
+                i = wrap_team_step(lines, i, step)
+                found.add("team_" + name)
+            elif stripped.endswith(";"):
                 indent = line[:len(line) - len(line.lstrip())]
-                step = "PROFILE_" + name.upper()
-                line = (f"{indent}{{ const double profile_t0 = profile_now(); {stripped} "
-                        f"profile_add({step}, n, profile_now() - profile_t0); }}")
+                lines[i] = (f"{indent}{{ const double profile_t0 = profile_now(); {stripped} "
+                            f"profile_add({step}, n, "
+                            f"(profile_last = profile_now()) - profile_t0); }}")
                 found.add(name)
-                break
-        lines.append(line)
+            break
+        i += 1
 
-    missing = [n for n in names if n not in found]
+    team_names = list(dict.fromkeys("team_" + name for _, name in TEAM_STEPS))
+    missing = [n for n in names + team_names if n not in found]
     if missing:
         raise SystemExit("profile_forward: no statement found for: " + ", ".join(missing)
                          + "; update STEPS to the current runtime/forward.c")
