@@ -333,7 +333,9 @@ def profile_section(results):
     keys = sorted(profiles)
     lines = [f"Where the time goes: `bench/profile.sh`, {results['target_model']} int8, wall "
              "time of each step per token, summed over the layers. Decode covers every "
-             "single-token step of the run, prefill the prompts and the warm-up.", "",
+             "single-token step of the run, prefill the prompts and the warm-up. On 2 threads "
+             "one team decodes the whole token, and each step then runs from the end of the "
+             "step before to its own end, the wait for the other thread included.", "",
              "| step | " + " | ".join(f"decode us, {k.replace('_', ' ')} thr" for k in keys)
              + " | " + " | ".join(f"prefill us, {k.replace('_', ' ')} thr" for k in keys) + " |",
              "|" + "---|" * (1 + 2 * len(keys))]
