@@ -108,7 +108,7 @@ void zq_linear_post(const zq_kernels *k, const zq_weight *w, const float *bias, 
 /* Returns a view of row r of s as a scratch of one row. */
 zq_linear_scratch zq_linear_scratch_row(const zq_linear_scratch *s, int r);
 
-/* The most threads one product uses. */
+/* The maximum number of threads of one product. */
 #define ZQ_LINEAR_MAX_THREADS 64
 
 /* A stretch [front, back) of 16-row units of output rows that one thread works through, packed

@@ -232,8 +232,8 @@ static void q8_rows(const linear_job *job, int n0, int n1)
     }
 }
 
-/* Gives each of up to threads spans an even share of the units of rows output rows; returns
- * how many spans it filled (fewer when there are fewer units than threads). */
+/* Splits the units that cover rows output rows evenly over spans, one span per thread, and
+ * returns how many spans it filled: fewer than threads when there are fewer units. */
 static int fill_spans(zq_row_span *spans, int rows, int threads)
 {
     const int units = row_units(rows);
@@ -270,8 +270,8 @@ static bool take_front(zq_row_span *sp, unsigned *u0, unsigned *u1)
 
 /* Moves the back half of the fullest span into span self, which is empty; false if every span
  * is. Only the owner of a span stores to it, and only while it is empty, when no other thread
- * touches it; a compare-and-swap takes units only from a span that still holds the ends it
- * read, so every unit goes to one thread. */
+ * touches it. A compare-and-swap takes units only from a span whose ends have not changed
+ * since it read them, so every unit goes to one thread. */
 static bool steal_half(const linear_job *job, int self)
 {
     for (;;) {
@@ -303,9 +303,9 @@ static bool steal_half(const linear_job *job, int self)
 }
 
 /* Claims the next rows [*begin, *end) of the output for thread t, or returns false when none
- * are left. Each thread starts with an even share of the rows as its span and walks it from
- * the front, LINEAR_CLAIM units at a time, so that its reads stay one sequential stream; a
- * thread whose span is empty takes the back half of the fullest one. One claim of a whole
+ * are left. Each thread starts with an even share of the rows as its span. It walks the span
+ * from the front, LINEAR_CLAIM units at a time, so that its reads stay one sequential stream,
+ * and when the span is empty it takes the back half of the fullest one. One claim of a whole
  * share per thread left one thread idle for up to a fifth of a decode product (the two cores
  * of a 2-vCPU VM do not stream memory equally fast), and claims of 1/(2 nt) of what was left
  * interleaved the threads' rows and made decode 10% slower. */
