@@ -147,7 +147,9 @@ static void float_rows(const linear_job *job, int n0, int n1)
 /* ---- int8 weights (W8A8) ----------------------------------------------------------------- */
 
 /* row[n] = acc[n] * w_scale[n] * x_scale + bias[n] for n < nc, rounded in that order; bias may
- * be NULL. Vectorized: one scalar pass took 3% of a decoded token's time on two threads. */
+ * be NULL. Vectorized: one scalar pass took 3% of a decoded token's time on two threads. The
+ * Makefile's -std=c11 keeps the compiler from fusing the last multiply and the add into an FMA
+ * (-ffp-contract=off), which would change the last bit of some results. */
 VECTOR_CLONES static void scale_row(const int32_t *acc, const float *w_scale, float x_scale,
                                     const float *bias, int nc, float *row)
 {
@@ -269,9 +271,11 @@ static bool take_front(zq_row_span *sp, unsigned *u0, unsigned *u1)
 }
 
 /* Moves the back half of the fullest span into span self, which is empty; false if every span
- * is. Only the owner of a span stores to it, and only while it is empty, when no other thread
- * touches it. A compare-and-swap takes units only from a span whose ends have not changed
- * since it read them, so every unit goes to one thread. */
+ * is. fill_spans writes a set of spans only before its product starts; during the product only
+ * the owner stores to its span, and only while it is empty, when no other thread takes from
+ * it. A compare-and-swap takes units only while the span's word equals the one the thread
+ * read, and the word alone says which units the span holds, so every unit goes to one thread
+ * (a word that comes back to an earlier value means the same units). */
 static bool steal_half(const linear_job *job, int self)
 {
     for (;;) {
