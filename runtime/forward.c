@@ -10,7 +10,7 @@
  * this file does not depend on the weight type. Softmax and GELU use exp_fast, an exp that
  * vectorizes; every result is computed in an order that does not depend on the thread count.
  * A single decoded token on several threads runs the whole pass on one OpenMP team
- * (forward_one_team); everything else opens a team per step.
+ * (forward_one_team). Everything else opens a team per step.
  */
 #include "internal.h"
 #include "linear_dnnl.h"
@@ -425,8 +425,8 @@ VECTOR_CLONES static void weigh_position(const float *weights, const float *valu
 /* The query of the decoded token: f32, and for an int8 cache quantized per head. */
 typedef struct {
     const float *f32;
-    const int8_t *q8;
-    const float *q8_scale;
+    int8_t *q8;      /* written by single_query */
+    float *q8_scale; /* written by single_query */
 } query;
 
 /* Sets weights[h * T + t] to the scores of cache rows t in [t0, t1) for every head. The f16
@@ -562,8 +562,6 @@ static void thread_chunks(int T, int chunks, int *c0, int *c1)
 typedef struct {
     single_scratch s;
     query q;
-    int8_t *q8;      /* the query quantized per head, for an int8 cache: q.q8 */
-    float *q8_scale; /* q.q8_scale */
     int T, chunks, heads, hd;
     float scale;
 } single_attention;
@@ -582,9 +580,8 @@ static single_attention single_setup(const zq_model *m, int pos, const float *q,
     a.s.partial = scratch + (size_t)a.heads * m->hp.n_ctx;
     a.s.max = a.s.partial + max_chunks * d;
     a.s.sum = a.s.max + max_chunks * a.heads;
-    a.q8_scale = a.s.sum + max_chunks * a.heads;
-    a.q8 = (int8_t *)(a.q8_scale + a.heads);
-    a.q = (query){q, a.q8, a.q8_scale};
+    float *q8_scale = a.s.sum + max_chunks * a.heads;
+    a.q = (query){q, (int8_t *)(q8_scale + a.heads), q8_scale};
     return a;
 }
 
@@ -592,11 +589,12 @@ static single_attention single_setup(const zq_model *m, int pos, const float *q,
 static void single_query(const zq_kernels *k, const zq_kv *kv, const single_attention *a)
 {
     if (kv->type == ZQ_KV_Q8)
-        quantize_heads(k, a->q.f32, a->heads, a->hd, a->q8, a->q8_scale);
+        quantize_heads(k, a->q.f32, a->heads, a->hd, a->q.q8, a->q.q8_scale);
 }
 
-/* Runs on every thread of a team: the calling thread's chunks of positions, a barrier, then its
- * share of the heads' combination into out [n_embd], which ends with a barrier. */
+/* Computes the calling thread's chunks of positions, waits at a barrier, then combines its
+ * share of the heads into out [n_embd] and waits at the barrier that ends the loop. Every
+ * thread of the innermost team must call it. */
 static void attend_one_team(const zq_kernels *k, const zq_kv *kv, int layer,
                             const single_attention *a, float *out)
 {
@@ -626,7 +624,8 @@ static void attend_one(const zq_model *m, const zq_kv *kv, int layer, int pos, c
     single_query(k, kv, &a);
     if (n_threads <= 1 || a.chunks <= 1) {
         /* No parallel region at all: even one that its if clause makes serial costs
-         * microseconds. */
+         * microseconds. attend_one_team would not do here: called inside the team of a
+         * prefill, its barrier would wait for threads that never reach it. */
         for (int c = 0; c < a.chunks; c++)
             attend_chunk(k, &a.q, kv, layer, a.heads, c, a.T, a.scale, &a.s);
         for (int h = 0; h < a.heads; h++)
@@ -739,9 +738,9 @@ static void block(const zq_model *m, zq_workspace *ws, zq_kv *const *kvs, const 
 }
 
 #ifdef ZQ_USE_OPENMP
-/* One layer of a decoded token, run by every thread of the team of forward_one_team. h is the
- * thread's own layer-norm output, own its own quantized row, and step numbers the products of
- * the team. Returns the step after the layer's last product. */
+/* Computes one layer of a decoded token; every thread of the team of forward_one_team calls it.
+ * h is the thread's own layer-norm output and own its own quantized row. step numbers the
+ * team's products, and the function returns the step after the layer's last product. */
 static int block_team(const zq_model *m, zq_workspace *ws, zq_kv *kv, int pos, int layer,
                       zq_linear_team *team, int step, float *h, zq_linear_scratch *own)
 {
@@ -803,10 +802,10 @@ static void forward_one_team(const zq_model *m, zq_workspace *ws, zq_kv *kv, int
     }
 }
 
-/* Returns the threads of a one-team decode of n rows (forward_one_team), or 0 when the pass
- * should take the other path: more than one row, one thread, hooks that want the activations
- * between steps, or oneDNN set to compute one-row products (ZQ_DNNL=1), which brings its own
- * threads. */
+/* Returns the thread count of a one-team decode of n rows (forward_one_team), or 0 when the
+ * pass takes the other path. That path handles more than one row, one thread, and hooks that
+ * read the activations between steps. It also handles oneDNN set to compute one-row products
+ * (ZQ_DNNL=1), because oneDNN brings its own threads. */
 static int team_threads(const zq_model *m, const zq_workspace *ws, int n, int n_threads,
                         const zq_forward_hooks *hooks)
 {
@@ -819,9 +818,9 @@ static int team_threads(const zq_model *m, const zq_workspace *ws, int n, int n_
         return 0;
     for (int l = 0; l < m->hp.n_layer; l++) {
         const zq_layer *L = &m->layers[l];
-        const zq_weight *ws_of_layer[] = {&L->attn, &L->proj, &L->fc, &L->fc2};
+        const zq_weight *weights[] = {&L->attn, &L->proj, &L->fc, &L->fc2};
         for (int i = 0; i < 4; i++)
-            if (zq_linear_uses_dnnl(ws_of_layer[i], 1, threads))
+            if (zq_linear_uses_dnnl(weights[i], 1, threads))
                 return 0;
     }
     return threads;
