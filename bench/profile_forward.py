@@ -6,9 +6,9 @@ Each step statement of block(), zq_forward() and the output head call is wrapped
 and the totals are printed to stderr when the program exits, separately for forward calls of
 one token (decode) and of several (prefill). A decoded token on several threads runs on one
 team (block_team and forward_one_team): there thread 0 gives each step the time since the end
-of the step before, so a step includes the wait for the other threads at its end, and the
-attention includes the cache writes that one thread makes before it; the start of the team
-counts in the first layer norm, and its end after the head in no step. The clock is
+of the step before. A step then includes the wait for the other threads at its end, and the
+attention includes the cache writes that one thread makes before it. The start of the team
+counts in the first layer norm, and its end after the head counts in no step. The clock is
 CLOCK_MONOTONIC (wall time). When the copy is compiled with -DPROFILE_THREAD_CPU_TIME it is
 the calling thread's CPU time, which on a shared machine leaves out the time other processes
 hold the core. That clock suits 1-thread runs only, because it does not count the other

@@ -111,30 +111,30 @@ zq_linear_scratch zq_linear_scratch_row(const zq_linear_scratch *s, int r);
 /* The maximum number of threads of one product. */
 #define ZQ_LINEAR_MAX_THREADS 64
 
-/* A stretch [front, back) of 16-row units of output rows that one thread works through, packed
- * into one word (front in the low 32 bits) so that one compare-and-swap moves either end. Each
- * sits alone on its cache line, so that claiming does not slow the reads of the product. */
+/* A stretch [front, back) of 16-row units of output rows that one thread works through. Both
+ * ends are packed into one word (front in the low 32 bits), so one compare-and-swap moves either
+ * end. Each span is alone on its cache line, so claiming does not slow the product's reads. */
 typedef struct {
     _Alignas(64) _Atomic unsigned long long ends;
 } zq_row_span;
 
-/* Products of one row run one after another by every thread of an enclosing OpenMP team
- * (decode), each numbered by a step. Two sets of spans alternate, so that the set of step s + 1
- * can be filled while threads still claim rows of step s. */
+/* The shared state of one-row products that every thread of an enclosing OpenMP team computes
+ * one after another (decode), each numbered by a step. Two sets of spans alternate, so the set
+ * of step s + 1 can be filled while threads still claim rows of step s. */
 typedef struct {
     zq_row_span spans[2][ZQ_LINEAR_MAX_THREADS];
     int n_spans[2];
 } zq_linear_team;
 
-/* Fills the spans of product step for a product of rows output rows on threads threads. Call
- * it for the first step before the team starts; zq_linear_team_run fills the later ones. */
+/* Fills the spans of product step, which has rows output rows, for a team of threads threads.
+ * Call it for the first step before the team starts. zq_linear_team_run fills the later ones. */
 void zq_linear_team_init(zq_linear_team *team, int step, int rows, int threads);
 
-/* zq_linear_post of one row x for product step, called by every thread of the enclosing team
- * (at most ZQ_LINEAR_MAX_THREADS) with the same arguments but own, the thread's own one-row
- * scratch, into which the thread quantizes x itself. Thread 0 then fills the spans of step + 1
- * for a product of next_rows rows (0 for none), and the team meets at a barrier, so y and the
- * post-op's writes are complete on return. The result is that of zq_linear_post. */
+/* Computes product step, zq_linear_post of one row x, with every thread of the enclosing team
+ * (at most ZQ_LINEAR_MAX_THREADS). All threads pass the same arguments except own, the thread's
+ * own one-row scratch, into which it quantizes x. Thread 0 then fills the spans of step + 1 for
+ * a product of next_rows rows (0 for none). The team meets at a barrier before the function
+ * returns, so y and the post-op's writes are complete. The result is that of zq_linear_post. */
 void zq_linear_team_run(zq_linear_team *team, int step, const zq_kernels *k, const zq_weight *w,
                         const float *bias, const float *x, float *y, zq_linear_scratch *own,
                         const zq_post_op *post, int next_rows);

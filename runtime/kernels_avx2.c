@@ -12,7 +12,7 @@
  * Blocking (zq_gemm_tiled): W is walked in blocks of GEMM_NB rows, and within a block A in
  * panels of up to 4 rows, with register tiles of mr x nr dot products (4x2, 3x2, 2x4, 1x8) so
  * that each loaded vector of A or W is used several times. For M = 1 (decode) this streams 8
- * weight rows at once (one after another when they are long, see s8_tile_rows); for large M
+ * weight rows at once, one after another when they are long (see s8_tile_rows). For large M
  * the W block stays in cache while all panels of A pass over it. Every element is reduced in
  * the same order whatever tile it falls in, so a float result does not depend on M, N or how a
  * caller splits the matrix.

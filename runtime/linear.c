@@ -234,8 +234,8 @@ static void q8_rows(const linear_job *job, int n0, int n1)
     }
 }
 
-/* Splits the units that cover rows output rows evenly over spans, one span per thread, and
- * returns how many spans it filled: fewer than threads when there are fewer units. */
+/* Splits the units that cover a product's output rows evenly over spans, one span per thread.
+ * Returns the number of spans filled, which is below threads when there are fewer units. */
 static int fill_spans(zq_row_span *spans, int rows, int threads)
 {
     const int units = row_units(rows);
@@ -251,8 +251,8 @@ static int fill_spans(zq_row_span *spans, int rows, int threads)
     return n;
 }
 
-/* Takes up to LINEAR_CLAIM units from the front of span sp into [*u0, *u1); false if it is
- * empty. */
+/* Takes up to LINEAR_CLAIM units from the front of span sp into [*u0, *u1). Returns false if
+ * the span is empty. */
 static bool take_front(zq_row_span *sp, unsigned *u0, unsigned *u1)
 {
     unsigned long long v = atomic_load_explicit(&sp->ends, memory_order_relaxed);
@@ -271,24 +271,24 @@ static bool take_front(zq_row_span *sp, unsigned *u0, unsigned *u1)
 }
 
 /* Moves the back half of the fullest span into span self, which is empty; false if every span
- * is. fill_spans writes a set of spans only before its product starts; during the product only
- * the owner stores to its span, and only while it is empty, when no other thread takes from
- * it. A compare-and-swap takes units only while the span's word equals the one the thread
- * read, and the word alone says which units the span holds, so every unit goes to one thread
- * (a word that comes back to an earlier value means the same units). */
+ * is. fill_spans writes a set of spans only before its product starts. During the product only
+ * the owner stores to its span, and only while the span is empty, so no other thread takes from
+ * it then. A compare-and-swap takes units only while the span's word equals the one the thread
+ * read. The word alone gives the units in the span, so every unit goes to one thread, even when
+ * a word comes back to an earlier value. */
 static bool steal_half(const linear_job *job, int self)
 {
     for (;;) {
         int victim = -1;
-        unsigned most = 0;
+        unsigned largest = 0;
         unsigned long long seen = 0;
         for (int i = 0; i < job->n_spans; i++) {
             const unsigned long long v =
                 atomic_load_explicit(&job->spans[i].ends, memory_order_relaxed);
             const unsigned front = (unsigned)v, back = (unsigned)(v >> 32);
-            if (front < back && back - front > most) {
+            if (front < back && back - front > largest) {
                 victim = i;
-                most = back - front;
+                largest = back - front;
                 seen = v;
             }
         }
@@ -308,15 +308,15 @@ static bool steal_half(const linear_job *job, int self)
 
 /* Claims the next rows [*begin, *end) of the output for thread t, or returns false when none
  * are left. Each thread starts with an even share of the rows as its span. It walks the span
- * from the front, LINEAR_CLAIM units at a time, so that its reads stay one sequential stream,
- * and when the span is empty it takes the back half of the fullest one. One claim of a whole
- * share per thread left one thread idle for up to a fifth of a decode product (the two cores
- * of a 2-vCPU VM do not stream memory equally fast), and claims of 1/(2 nt) of what was left
- * interleaved the threads' rows and made decode 10% slower. */
+ * from the front, LINEAR_CLAIM units at a time, so that its reads stay one sequential stream.
+ * When the span is empty, the thread takes the back half of the fullest one. With one claim of
+ * a whole share per thread, one thread sat idle for up to a fifth of a decode product, because
+ * the two cores of a 2-vCPU VM do not stream memory equally fast. Claims of 1/(2 nt) of what
+ * was left interleaved the threads' rows and made decode 10% slower. */
 static bool claim_rows(const linear_job *job, int t, int *begin, int *end)
 {
     if (t >= job->n_spans)
-        return false; /* more threads than units of rows */
+        return false; /* a thread beyond the number of units */
     unsigned u0, u1;
     while (!take_front(&job->spans[t], &u0, &u1))
         if (!steal_half(job, t))

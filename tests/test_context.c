@@ -110,24 +110,24 @@ static void threads_give_identical_decode(void)
         zq_model *m = i < 3 ? model : model_f32;
         const zq_kv_type kv = kv_types[i % 3];
         for (int threads = 2; threads <= 3; threads++) {
-            zq_context *one = new_context_kv(m, 1, 0, kv);
-            zq_context *many = new_context_kv(m, threads, 0, kv);
-            zq_context_eval(one, ids, 100, NULL);
-            zq_context_eval(many, ids, 100, NULL);
+            zq_context *serial = new_context_kv(m, 1, 0, kv);
+            zq_context *threaded = new_context_kv(m, threads, 0, kv);
+            zq_context_eval(serial, ids, 100, NULL);
+            zq_context_eval(threaded, ids, 100, NULL);
             for (int step = 0; step < 24; step++) {
-                const float *a = zq_context_logits(one);
-                const float *b = zq_context_logits(many);
+                const float *a = zq_context_logits(serial);
+                const float *b = zq_context_logits(threaded);
                 CHECK(memcmp(a, b, (size_t)vocab * sizeof(float)) == 0,
                       "%s weights, %s cache, %d threads, step %d: max diff %g",
                       i < 3 ? "int8" : "f32", zq_kv_type_name(kv), threads, step, max_diff(a, b));
                 int32_t next = 0;
                 for (int j = 1; j < vocab; j++)
                     next = a[j] > a[next] ? j : next;
-                CHECK(zq_context_eval(one, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
-                CHECK(zq_context_eval(many, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+                CHECK(zq_context_eval(serial, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
+                CHECK(zq_context_eval(threaded, &next, 1, NULL) == ZQ_OK, "%s", zq_last_error());
             }
-            zq_context_free(one);
-            zq_context_free(many);
+            zq_context_free(serial);
+            zq_context_free(threaded);
         }
     }
 }
